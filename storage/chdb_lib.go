@@ -23,8 +23,8 @@ import (
 // (libchdb 26.x): chdb_connection is an opaque pointer; chdb_connect returns
 // a pointer to it.
 type chdbLib struct {
-	connect       func(argc int32, argv **byte) unsafe.Pointer          // chdb_connection*
-	closeConn     func(conn unsafe.Pointer)                             // (chdb_connection*)
+	connect       func(argc int32, argv **byte) unsafe.Pointer            // chdb_connection*
+	closeConn     func(conn unsafe.Pointer)                               // (chdb_connection*)
 	query         func(conn unsafe.Pointer, query, format string) uintptr // chdb_result*
 	destroyResult func(res uintptr)
 	resultBuffer  func(res uintptr) unsafe.Pointer
