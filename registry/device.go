@@ -1,0 +1,151 @@
+package registry
+
+import (
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+)
+
+// Device is one registered device as the registry holds it. Values returned
+// by the registry are copies: changing them changes nothing.
+type Device struct {
+	ID          string       `json:"id"`
+	CreatedAt   time.Time    `json:"created_at"`
+	UpdatedAt   time.Time    `json:"updated_at"`
+	Blocked     bool         `json:"blocked,omitempty"`
+	Credentials []Credential `json:"credentials,omitempty"`
+}
+
+// CredentialType says how a credential proves the device's identity. Only
+// tokens exist today; public keys (RS256/ES256 JWT) and X.509 certificates
+// (issue #4) add types, and a follower that does not know a type ignores that
+// credential, so an old instance fails closed instead of accepting it.
+type CredentialType string
+
+// CredentialToken is a random access token, stored only as its SHA-256.
+const CredentialToken CredentialType = "token"
+
+// Credential is one way a device may authenticate. Cloud IoT Core allowed up
+// to three per device, each with an optional expiry.
+type Credential struct {
+	Type      CredentialType `json:"type"`
+	CreatedAt time.Time      `json:"created_at"`
+	// ExpiresAt is zero for a credential that does not expire.
+	ExpiresAt time.Time `json:"expires_at,omitzero"`
+	// TokenSHA256 is the SHA-256 of the token (type token). The token
+	// itself is never stored, logged or written to Kafka.
+	TokenSHA256 []byte `json:"token_sha256,omitempty"`
+}
+
+// MaxCredentials is how many credentials one device may hold (as in Cloud IoT Core).
+const MaxCredentials = 3
+
+// recordVersion is the schema version of the JSON value on the registry
+// topic. Additive fields (public keys, labels, metadata) keep version 1 since
+// unknown JSON fields are ignored; bump it only for a change an old reader
+// would misread, and teach the decoder both.
+const recordVersion = 1
+
+// record is the value written to the registry topic for a device; a
+// tombstone (nil value) deletes it.
+type record struct {
+	Version int `json:"v"`
+	Device
+}
+
+func encodeRecord(d Device) ([]byte, error) {
+	b, err := json.Marshal(record{Version: recordVersion, Device: d})
+	if err != nil {
+		return nil, fmt.Errorf("encode device %s: %w", d.ID, err)
+	}
+	return b, nil
+}
+
+func decodeRecord(b []byte) (record, error) {
+	var r record
+	if err := json.Unmarshal(b, &r); err != nil {
+		return r, fmt.Errorf("decode device record: %w", err)
+	}
+	if r.Version < 1 {
+		return r, fmt.Errorf("decode device record: missing or bad version %d", r.Version)
+	}
+	return r, nil
+}
+
+func (d Device) clone() Device {
+	d.Credentials = slices.Clone(d.Credentials)
+	for i := range d.Credentials {
+		d.Credentials[i].TokenSHA256 = slices.Clone(d.Credentials[i].TokenSHA256)
+	}
+	return d
+}
+
+// ValidateID checks a device id against Cloud IoT Core's rule, so ids that
+// worked there work here: it starts with a letter and has 3 to 255 characters
+// from [a-zA-Z0-9_.~+%-]. It also keeps an id one MQTT topic level: no '/',
+// no '#', and '+' is only a wildcard as a whole level, which an id never is.
+func ValidateID(id string) error {
+	if len(id) < 3 || len(id) > 255 {
+		return fmt.Errorf("%w: %q must be 3 to 255 characters", ErrInvalidID, id)
+	}
+	if c := id[0]; !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z') {
+		return fmt.Errorf("%w: %q must start with a letter", ErrInvalidID, id)
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
+		case strings.IndexByte("_.~+%-", c) >= 0:
+		default:
+			return fmt.Errorf("%w: %q has a character outside [a-zA-Z0-9_.~+%%-]", ErrInvalidID, id)
+		}
+	}
+	return nil
+}
+
+// TokenPrefix starts every access token, so a leaked token is recognisable
+// (secret scanners, logs) and cannot be mistaken for a JWT.
+const TokenPrefix = "itk_"
+
+// newToken returns a fresh token and its stored hash.
+func newToken() (token string, sum []byte, err error) {
+	var raw [32]byte
+	if _, err := rand.Read(raw[:]); err != nil {
+		return "", nil, fmt.Errorf("generate token: %w", err)
+	}
+	token = TokenPrefix + base64.RawURLEncoding.EncodeToString(raw[:])
+	return token, hashToken([]byte(token)), nil
+}
+
+// hashToken is a single SHA-256, not bcrypt/argon2: those slow hashes exist
+// to make guessing low-entropy passwords expensive. A token has 256 random
+// bits, so no amount of guessing finds it from its hash, and a fast hash
+// keeps authentication cheap on the MQTT connect path.
+func hashToken(token []byte) []byte {
+	s := sha256.Sum256(token)
+	return s[:]
+}
+
+// checkToken reports whether password matches one of d's unexpired token
+// credentials. It compares hashes in constant time and looks at every
+// credential, so timing does not tell which one matched.
+func (d *Device) checkToken(password []byte, now time.Time) bool {
+	sum := hashToken(password)
+	ok := 0
+	for _, c := range d.Credentials {
+		if c.Type != CredentialToken || len(c.TokenSHA256) != sha256.Size {
+			continue
+		}
+		if !c.ExpiresAt.IsZero() && !now.Before(c.ExpiresAt) {
+			continue
+		}
+		ok |= subtle.ConstantTimeCompare(sum, c.TokenSHA256)
+	}
+	return ok == 1
+}

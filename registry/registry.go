@@ -1,0 +1,426 @@
+// Package registry is iotpipe's device registry. Its source of truth is a
+// compacted Kafka topic (iot.registry by default): key = device id, value =
+// the device record as JSON, tombstone = deleted. Every Registry reads the
+// topic's single partition from the start into memory and keeps following it,
+// so any number of instances share one registry without a database (the
+// pattern of Kafka Connect's config topic and Schema Registry's _schemas).
+//
+// Reads (Get, List, Authenticate) answer from memory. Writes (Create, Delete,
+// SetBlocked) produce to the topic with acks=all and return only after this
+// instance's follower applied the produced record, so a caller reads its own
+// writes. Other instances see the write once their followers get to it.
+//
+// Use:
+//
+//	reg, err := registry.New(registry.Config{Kafka: []kgo.Opt{kgo.SeedBrokers(seeds...)}, Topic: "iot.registry", Logger: log})
+//	go reg.Run(ctx)             // follow the topic until ctx ends
+//	err = reg.WaitReady(ctx)    // caught up with what existed at start
+//	dev, token, err := reg.Create(ctx, "sensor-1")
+//	err = reg.Authenticate("sensor-1", []byte(token))
+//
+// # Concurrent writers
+//
+// The topic is last-write-wins per key, and compaction keeps only the last
+// record of each key. Create checks for an existing id in this instance's
+// applied state, which catches everything this instance has seen, but two
+// instances creating the same id at the same moment can both pass the check:
+// both records land, the later one wins on every instance, and the earlier
+// caller holds a token that no longer works. A check on the applied state
+// cannot close this window, and neither can followers that ignore the second
+// "create": compaction would later delete the first record and keep the
+// ignored one, so a restarted instance would disagree with the running ones.
+// Create narrows the window by re-checking after its own record was applied
+// (if another record for the id was applied after ours, ours lost and Create
+// returns ErrExists). Closing it fully needs one writer per key (e.g. the API
+// forwarding writes to a single elected instance) or Kafka transactions with
+// a fencing epoch; device creation is a rare admin action, so this is
+// documented rather than built.
+package registry
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/iotpipe/iotpipe/internal/bus"
+)
+
+// Config configures a Registry.
+type Config struct {
+	// Kafka are the base client options (seed brokers, TLS, SASL, ...). The
+	// registry adds its own consume and produce options on top.
+	Kafka []kgo.Opt
+	// Topic is the compacted registry topic, e.g. bus.TopicNames(p).Registry.
+	// New creates it (one partition, cleanup.policy=compact, the broker's
+	// default replication factor) if it does not exist.
+	Topic string
+	// Logger gets the registry's log lines; the zero value logs nothing.
+	Logger zerolog.Logger
+	// Now is the clock for record timestamps and credential expiry;
+	// nil means time.Now.
+	Now func() time.Time
+}
+
+// startTimeout bounds the work New does against Kafka (ping, topic
+// creation, end offsets), so a wrong address fails at start, not later.
+const startTimeout = 30 * time.Second
+
+// Registry is the in-memory view of the registry topic plus the writer for
+// it. It is safe for concurrent use.
+type Registry struct {
+	cfg   Config
+	log   zerolog.Logger
+	cl    *kgo.Client // produces and administers
+	cons  *kgo.Client // follows the topic: a direct consumer of partition 0
+	now   func() time.Time
+	start int64 // end offset of the partition when New ran: WaitReady's target
+
+	runOnce sync.Once
+
+	mu      sync.RWMutex
+	devices map[string]*entry
+	applied int64         // offset after the last applied record
+	changed chan struct{} // closed and replaced whenever applied advances
+}
+
+// entry is an applied device plus the offset of the record it came from.
+type entry struct {
+	dev    Device
+	offset int64
+}
+
+// New validates cfg, connects to Kafka, makes sure the topic exists with a
+// single partition, and notes its end offset for WaitReady. It does not read
+// the topic yet: call Run.
+func New(cfg Config) (*Registry, error) {
+	if cfg.Topic == "" {
+		return nil, errors.New("registry: Config.Topic is empty")
+	}
+	if len(cfg.Kafka) == 0 {
+		return nil, errors.New("registry: Config.Kafka has no options (at least kgo.SeedBrokers)")
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	log := cfg.Logger.With().Str("component", "registry").Str("topic", cfg.Topic).Logger()
+
+	opts := append(slices.Clone(cfg.Kafka),
+		kgo.RequiredAcks(kgo.AllISRAcks()),
+		// One partition; the default partitioner would also pick 0, but
+		// stating it keeps a mis-created topic from scattering keys.
+		kgo.RecordPartitioner(kgo.ManualPartitioner()),
+	)
+	cl, err := kgo.NewClient(opts...)
+	if err != nil {
+		return nil, fmt.Errorf("registry: kafka client: %w", err)
+	}
+	r := &Registry{
+		cfg:     cfg,
+		log:     log,
+		cl:      cl,
+		now:     cfg.Now,
+		devices: make(map[string]*entry),
+		changed: make(chan struct{}),
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
+	defer cancel()
+	if err := r.prepare(ctx); err != nil {
+		cl.Close()
+		return nil, fmt.Errorf("registry: %w", err)
+	}
+	// The follower is its own client, made only now that the topic exists
+	// (a direct consumer of a missing topic would back off on metadata).
+	// No consumer group: every instance reads everything, from the start.
+	r.cons, err = kgo.NewClient(append(slices.Clone(cfg.Kafka),
+		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{cfg.Topic: {0: kgo.NewOffset().AtStart()}}),
+	)...)
+	if err != nil {
+		cl.Close()
+		return nil, fmt.Errorf("registry: kafka follower client: %w", err)
+	}
+	return r, nil
+}
+
+// prepare pings Kafka, creates the topic if needed and records the end offset
+// that WaitReady waits for.
+func (r *Registry) prepare(ctx context.Context) error {
+	if err := r.cl.Ping(ctx); err != nil {
+		return fmt.Errorf("ping kafka: %w", err)
+	}
+	compact := "compact"
+	spec := bus.TopicSpec{Name: r.cfg.Topic, Partitions: 1, Configs: map[string]*string{"cleanup.policy": &compact}}
+	if err := bus.EnsureTopics(ctx, r.cl, []bus.TopicSpec{spec}, -1); err != nil {
+		return err
+	}
+	adm := kadm.NewClient(r.cl)
+	// A topic just created may not be in every broker's metadata yet: retry
+	// the listing until it shows up or the start timeout ends.
+	for {
+		ends, err := adm.ListEndOffsets(ctx, r.cfg.Topic)
+		if err == nil {
+			err = ends.Error()
+		}
+		if err == nil {
+			parts := ends[r.cfg.Topic]
+			if len(parts) != 1 {
+				return fmt.Errorf("topic %s has %d partitions, the registry needs exactly 1 (keys must stay in one ordered log)", r.cfg.Topic, len(parts))
+			}
+			r.start = parts[0].Offset
+			return nil
+		}
+		if !retriable(err) {
+			return fmt.Errorf("end offsets of %s: %w", r.cfg.Topic, err)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("end offsets of %s: %w (last error: %w)", r.cfg.Topic, ctx.Err(), err)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+func retriable(err error) bool {
+	return errors.Is(err, kerr.UnknownTopicOrPartition) || errors.Is(err, kerr.LeaderNotAvailable) ||
+		errors.Is(err, kerr.NotLeaderForPartition) || kerr.IsRetriable(err)
+}
+
+// Run follows the topic and applies every record to memory until ctx ends
+// (then it returns nil) or the client fails. Writes and WaitReady need Run to
+// be running. Call it once; Close after it returned.
+func (r *Registry) Run(ctx context.Context) error {
+	first := false
+	r.runOnce.Do(func() { first = true })
+	if !first {
+		return errors.New("registry: Run called twice")
+	}
+	for {
+		fs := r.cons.PollFetches(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if fs.IsClientClosed() {
+			return errors.New("registry: kafka client closed")
+		}
+		fs.EachError(func(t string, p int32, err error) {
+			if !errors.Is(err, context.Canceled) {
+				r.log.Warn().Err(err).Int32("partition", p).Msg("fetch failed; retrying")
+			}
+		})
+		fs.EachRecord(r.apply)
+	}
+}
+
+// apply puts one record into memory. A record that does not decode is logged
+// and skipped, not fatal: one bad write must not stop every instance.
+func (r *Registry) apply(rec *kgo.Record) {
+	id := string(rec.Key)
+	var dev *Device
+	if rec.Value != nil {
+		d, err := decodeRecord(rec.Value)
+		switch {
+		case err != nil:
+			r.log.Error().Err(err).Int64("offset", rec.Offset).Str("device", id).Msg("skipping undecodable registry record")
+		case d.ID != id:
+			r.log.Error().Int64("offset", rec.Offset).Str("device", id).Str("value_id", d.ID).Msg("skipping registry record whose key and id differ")
+		default:
+			if d.Version > recordVersion {
+				r.log.Warn().Int("version", d.Version).Int64("offset", rec.Offset).Str("device", id).Msg("registry record is newer than this binary; unknown fields ignored")
+			}
+			dev = &d.Device
+		}
+	}
+
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	switch {
+	case rec.Value == nil:
+		delete(r.devices, id)
+	case dev != nil:
+		r.devices[id] = &entry{dev: *dev, offset: rec.Offset}
+	}
+	if rec.Offset+1 > r.applied {
+		r.applied = rec.Offset + 1
+		close(r.changed)
+		r.changed = make(chan struct{})
+	}
+}
+
+// waitApplied blocks until the follower applied every record before offset
+// end (exclusive), or ctx ends.
+func (r *Registry) waitApplied(ctx context.Context, end int64) error {
+	for {
+		r.mu.RLock()
+		applied, ch := r.applied, r.changed
+		r.mu.RUnlock()
+		if applied >= end {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("registry: waiting for offset %d (applied %d; is Run running?): %w", end, applied, ctx.Err())
+		case <-ch:
+		}
+	}
+}
+
+// WaitReady blocks until this instance applied everything that was on the
+// topic when New ran, so Get and Authenticate answer with the full registry.
+func (r *Registry) WaitReady(ctx context.Context) error {
+	return r.waitApplied(ctx, r.start)
+}
+
+// Close releases the Kafka clients. Run returns after Close.
+func (r *Registry) Close() {
+	r.cons.Close()
+	r.cl.Close()
+}
+
+// Get returns the device with that id, or ErrNotFound.
+func (r *Registry) Get(id string) (Device, error) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	e, ok := r.devices[id]
+	if !ok {
+		return Device{}, fmt.Errorf("%w: %s", ErrNotFound, id)
+	}
+	return e.dev.clone(), nil
+}
+
+// List returns all devices sorted by id.
+func (r *Registry) List() []Device {
+	r.mu.RLock()
+	out := make([]Device, 0, len(r.devices))
+	for _, e := range r.devices {
+		out = append(out, e.dev.clone())
+	}
+	r.mu.RUnlock()
+	slices.SortFunc(out, func(a, b Device) int { return strings.Compare(a.ID, b.ID) })
+	return out
+}
+
+// Authenticate checks a device's password (an access token) and returns nil,
+// ErrNotFound, ErrBadCredentials, or ErrBlocked. Blocked is only reported to
+// a caller who proved the credentials, so it tells a stranger nothing.
+func (r *Registry) Authenticate(deviceID string, password []byte) error {
+	r.mu.RLock()
+	e, ok := r.devices[deviceID]
+	var dev Device
+	if ok {
+		dev = e.dev // read-only below; no clone needed on this hot path
+	}
+	r.mu.RUnlock()
+	if !ok {
+		return fmt.Errorf("%w: %s", ErrNotFound, deviceID)
+	}
+	if !dev.checkToken(password, r.now()) {
+		return fmt.Errorf("%w: device %s", ErrBadCredentials, deviceID)
+	}
+	if dev.Blocked {
+		return fmt.Errorf("%w: %s", ErrBlocked, deviceID)
+	}
+	return nil
+}
+
+// Create registers a device with one new access token and returns the device
+// and the token. The token is shown only here: the registry keeps its hash.
+// It returns ErrInvalidID or ErrExists (see the package doc on races).
+func (r *Registry) Create(ctx context.Context, id string) (Device, string, error) {
+	if err := ValidateID(id); err != nil {
+		return Device{}, "", err
+	}
+	if _, err := r.Get(id); err == nil {
+		return Device{}, "", fmt.Errorf("%w: %s", ErrExists, id)
+	}
+	token, sum, err := newToken()
+	if err != nil {
+		return Device{}, "", fmt.Errorf("registry: %w", err)
+	}
+	now := r.now().UTC()
+	dev := Device{
+		ID:          id,
+		CreatedAt:   now,
+		UpdatedAt:   now,
+		Credentials: []Credential{{Type: CredentialToken, CreatedAt: now, TokenSHA256: sum}},
+	}
+	off, err := r.write(ctx, id, &dev)
+	if err != nil {
+		return Device{}, "", err
+	}
+	// Another instance may have written the same id right after us; then
+	// ours is not what the registry holds and the token would not work.
+	r.mu.RLock()
+	e, ok := r.devices[id]
+	lost := !ok || e.offset != off
+	r.mu.RUnlock()
+	if lost {
+		return Device{}, "", fmt.Errorf("%w: %s (created concurrently elsewhere)", ErrExists, id)
+	}
+	return dev.clone(), token, nil
+}
+
+// Delete removes a device (a tombstone on the topic). ErrNotFound if it is
+// not known to this instance.
+func (r *Registry) Delete(ctx context.Context, id string) error {
+	if _, err := r.Get(id); err != nil {
+		return err
+	}
+	_, err := r.write(ctx, id, nil)
+	return err
+}
+
+// SetBlocked blocks or unblocks a device: a blocked device fails
+// Authenticate with ErrBlocked even with valid credentials.
+func (r *Registry) SetBlocked(ctx context.Context, id string, blocked bool) error {
+	return r.update(ctx, id, func(d *Device) { d.Blocked = blocked })
+}
+
+// update applies fn to the current device and writes the result. It is a
+// read-modify-write against this instance's applied state: concurrent
+// updates of one device through different instances can lose one of them
+// (last write wins), which is acceptable for admin actions.
+func (r *Registry) update(ctx context.Context, id string, fn func(*Device)) error {
+	dev, err := r.Get(id)
+	if err != nil {
+		return err
+	}
+	fn(&dev)
+	dev.UpdatedAt = r.now().UTC()
+	_, err = r.write(ctx, id, &dev)
+	return err
+}
+
+// write produces the device record (nil: tombstone) and waits until this
+// instance applied it, returning its offset.
+func (r *Registry) write(ctx context.Context, id string, dev *Device) (int64, error) {
+	rec := &kgo.Record{Topic: r.cfg.Topic, Partition: 0, Key: []byte(id)}
+	if dev != nil {
+		b, err := encodeRecord(*dev)
+		if err != nil {
+			return 0, fmt.Errorf("registry: %w", err)
+		}
+		rec.Value = b
+	}
+	res := r.cl.ProduceSync(ctx, rec)
+	if err := res.FirstErr(); err != nil {
+		return 0, fmt.Errorf("registry: write device %s: %w", id, err)
+	}
+	off := res[0].Record.Offset
+	if err := r.waitApplied(ctx, off+1); err != nil {
+		return 0, err
+	}
+	if dev == nil {
+		r.log.Info().Str("device", id).Int64("offset", off).Msg("device deleted")
+	} else {
+		r.log.Info().Str("device", id).Int64("offset", off).Bool("blocked", dev.Blocked).Msg("device written")
+	}
+	return off, nil
+}
