@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Runs the whole test suite on a fresh machine: installs the test
+# dependencies (Debian packages, libchdb, Apache Kafka jars; all cached),
+# starts Apache Kafka (KRaft) and Debian's ClickHouse server on loopback, and
+# runs
+#   1. vet and gofmt,
+#   2. every Go test on the embedded Kafka (kfake) and chDB,
+#   3. the Kafka-facing suites again against Apache Kafka,
+#   4. the fuzzers for a bounded time.
+# Nothing is skipped: IOTPIPE_REQUIRE_ALL=1 turns every "dependency missing"
+# skip into a failure.
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+export IOTPIPE_CACHE=${IOTPIPE_CACHE:-$HOME/.cache/iotpipe}
+export IOTPIPE_REQUIRE_ALL=1
+fuzztime=${IOTPIPE_FUZZTIME:-10s}
+
+log() { echo "== test.sh: $*" >&2; }
+
+# Debian packages: real MQTT clients and the ClickHouse server for the
+# clickhouse-go adapter test.
+apt_pkgs=()
+command -v mosquitto_pub >/dev/null || apt_pkgs+=(mosquitto-clients)
+command -v clickhouse-server >/dev/null || command -v clickhouse >/dev/null || apt_pkgs+=(clickhouse-server)
+if ((${#apt_pkgs[@]})); then
+	log "installing ${apt_pkgs[*]}"
+	sudo=""
+	[ "$(id -u)" -eq 0 ] || sudo=sudo
+	$sudo apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${apt_pkgs[@]}" >/dev/null
+fi
+
+CHDB_LIB_PATH=$(scripts/chdb.sh)
+export CHDB_LIB_PATH
+
+cleanup() {
+	scripts/kafka.sh stop >/dev/null 2>&1 || true
+	scripts/clickhouse-server.sh stop >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+
+log "starting Apache Kafka and ClickHouse server"
+kafka_addr=$(scripts/kafka.sh start | tail -n1)
+CLICKHOUSE_ADDR=$(scripts/clickhouse-server.sh start | tail -n1)
+export CLICKHOUSE_ADDR
+
+log "vet and gofmt"
+go vet ./...
+unformatted=$(gofmt -l $(git ls-files '*.go'))
+if [ -n "$unformatted" ]; then
+	echo "gofmt needed:" >&2
+	echo "$unformatted" >&2
+	exit 1
+fi
+
+log "go test (embedded Kafka: kfake; storage: chDB; adapter: clickhouse-server at $CLICKHOUSE_ADDR)"
+go test -count=1 -timeout 20m ./...
+
+log "go test against Apache Kafka at $kafka_addr"
+IOTPIPE_KAFKA_BROKERS=$kafka_addr go test -count=1 -timeout 20m $(go list ./... | grep -E '/(registry|ingest|broker|processor|cmd/iotpipe)$')
+
+log "fuzzing, $fuzztime per target"
+for pkg in $(go list ./...); do
+	dir=$(go list -f '{{.Dir}}' "$pkg")
+	for fz in $(grep -ho '^func Fuzz[A-Za-z0-9_]*' "$dir"/*_test.go 2>/dev/null | sed 's/^func //'); do
+		go test -run '^$' -fuzz "^$fz\$" -fuzztime "$fuzztime" "$pkg"
+	done
+done
+log "all tests passed"
