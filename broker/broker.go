@@ -1,0 +1,158 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/listeners"
+	"github.com/mochi-mqtt/server/v2/packets"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
+)
+
+// Authenticator checks a device's access token. It returns nil, or an error
+// wrapping registry.ErrNotFound, registry.ErrBadCredentials,
+// registry.ErrBlocked or registry.ErrInvalidID; any other error is taken as
+// the registry being unavailable.
+type Authenticator interface {
+	Authenticate(deviceID string, password []byte) error
+}
+
+// Defaults for zero Config fields.
+const (
+	DefaultTCPAddr              = ":1883"
+	DefaultMaxInflightPerClient = 64
+	DefaultMaxPayloadBytes      = 256 << 10
+	DefaultDrainTimeout         = 35 * time.Second // a little above ingest's default delivery timeout
+)
+
+// Config configures a Broker.
+type Config struct {
+	TCPAddr   string        `yaml:"tcp_addr"` // default DefaultTCPAddr; "127.0.0.1:0" picks a free port
+	Auth      Authenticator `yaml:"-"`
+	Forwarder Forwarder     `yaml:"-"` // normally *ingest.Forwarder
+	// MaxInflightPerClient bounds the messages of one connection waiting for
+	// Kafka; a further PUBLISH blocks that connection's reader. Also sent
+	// to v5 clients as Receive Maximum.
+	MaxInflightPerClient int `yaml:"max_inflight_per_client"`
+	// MaxPayloadBytes is the largest accepted payload.
+	MaxPayloadBytes int `yaml:"max_payload_bytes"`
+	// DrainTimeout bounds how long Run waits at shutdown for in-flight
+	// messages to be answered.
+	DrainTimeout time.Duration `yaml:"drain_timeout"`
+
+	Logger  zerolog.Logger        `yaml:"-"`
+	Metrics prometheus.Registerer `yaml:"-"`
+}
+
+// Broker is the device-facing MQTT server.
+type Broker struct {
+	srv     *mqtt.Server
+	ln      *listeners.TCP
+	fwd     *forwardHook
+	drainTO time.Duration
+	log     zerolog.Logger
+}
+
+// headroom is what a PUBLISH may carry besides its payload (topic,
+// properties). Packets larger than MaxPayloadBytes+headroom are refused by
+// mochi before it reads them, so a client cannot make us buffer them.
+const headroom = 64 << 10
+
+// New validates cfg, configures the MQTT server and binds the listener (so
+// Addr is known and a busy port fails here). Call Run to serve.
+func New(cfg Config) (*Broker, error) {
+	if cfg.Auth == nil || cfg.Forwarder == nil {
+		return nil, errors.New("broker: Auth and Forwarder are required")
+	}
+	if cfg.TCPAddr == "" {
+		cfg.TCPAddr = DefaultTCPAddr
+	}
+	if cfg.MaxInflightPerClient == 0 {
+		cfg.MaxInflightPerClient = DefaultMaxInflightPerClient
+	}
+	if cfg.MaxPayloadBytes == 0 {
+		cfg.MaxPayloadBytes = DefaultMaxPayloadBytes
+	}
+	if cfg.DrainTimeout == 0 {
+		cfg.DrainTimeout = DefaultDrainTimeout
+	}
+	if cfg.MaxInflightPerClient < 1 || cfg.MaxInflightPerClient > 65535 {
+		return nil, fmt.Errorf("broker: MaxInflightPerClient %d not in 1..65535", cfg.MaxInflightPerClient)
+	}
+	if cfg.MaxPayloadBytes < 1 || cfg.MaxPayloadBytes > 256<<20-headroom {
+		return nil, fmt.Errorf("broker: MaxPayloadBytes %d not in 1..%d", cfg.MaxPayloadBytes, 256<<20-headroom)
+	}
+	if cfg.DrainTimeout < 0 {
+		return nil, errors.New("broker: DrainTimeout must not be negative")
+	}
+	log := cfg.Logger.With().Str("component", "broker").Logger()
+
+	caps := mqtt.NewDefaultServerCapabilities()
+	caps.MaximumQos = 1 // QoS 2 is refused, see package doc
+	caps.MaximumPacketSize = uint32(cfg.MaxPayloadBytes + headroom)
+	caps.ReceiveMaximum = uint16(cfg.MaxInflightPerClient)
+	caps.MaximumInflight = 256               // server→device QoS 1 (config/commands) per client
+	caps.MaximumClientWritesPending = 64     // per-client outbound channel; downlink is rare (default 8192 = 64 KiB of pointers each)
+	caps.MaximumSessionExpiryInterval = 3600 // do not keep abandoned v5 sessions forever
+	caps.SharedSubAvailable = 0
+	caps.Compatibilities.ObscureNotAuthorized = false
+	srv := mqtt.New(&mqtt.Options{
+		Capabilities: caps,
+		// 4 KiB read / 2 KiB write buffers per connection: telemetry packets are
+		// small, and larger payloads are read through the buffer anyway.
+		ClientNetReadBufferSize:  4 << 10,
+		ClientNetWriteBufferSize: 2 << 10,
+		Logger:                   slog.New(zerolog.NewSlogHandler(log.With().Str("component", "mochi").Logger())),
+		SysTopicResendInterval:   3600, // nobody may read $SYS anyway (ACL)
+	})
+
+	m := newMetrics(cfg.Metrics, srv)
+	fwd := newForwardHook(srv, cfg.Forwarder, cfg.MaxInflightPerClient, cfg.MaxPayloadBytes, m, log)
+	hooks := []mqtt.Hook{
+		&authHook{auth: cfg.Auth, m: m, draining: fwd.isDraining, log: log},
+		&aclHook{m: m},
+		fwd,
+	}
+	for _, h := range hooks {
+		if err := srv.AddHook(h, nil); err != nil {
+			return nil, fmt.Errorf("broker: add hook %s: %w", h.ID(), err)
+		}
+	}
+	ln := listeners.NewTCP(listeners.Config{ID: "tcp", Address: cfg.TCPAddr})
+	if err := srv.AddListener(ln); err != nil {
+		return nil, fmt.Errorf("broker: listen on %s: %w", cfg.TCPAddr, err)
+	}
+	return &Broker{srv: srv, ln: ln, fwd: fwd, drainTO: cfg.DrainTimeout, log: log}, nil
+}
+
+// Addr is the address the broker listens on.
+func (b *Broker) Addr() string { return b.ln.Address() }
+
+// Run serves until ctx is done, then shuts down: it stops accepting
+// connections and publishes, waits (up to DrainTimeout) until every
+// forwarded message is answered — acknowledged after Kafka has it, or
+// refused — and then disconnects the clients. A message not yet forwarded
+// gets no acknowledgement, so the device sends it again after reconnecting.
+func (b *Broker) Run(ctx context.Context) error {
+	if err := b.srv.Serve(); err != nil {
+		return fmt.Errorf("broker: serve: %w", err)
+	}
+	b.log.Info().Str("addr", b.Addr()).Msg("serving MQTT")
+	<-ctx.Done()
+
+	b.ln.Close(func(string) {}) // stop accepting; clients are closed below, after draining
+	err := b.fwd.drain(b.drainTO)
+	for _, cl := range b.srv.Clients.GetAll() {
+		_ = b.srv.DisconnectClient(cl, packets.ErrServerShuttingDown)
+	}
+	_ = b.srv.Close()
+	if err != nil {
+		return fmt.Errorf("broker: shutdown: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,75 @@
+// Package broker is iotpipe's device-facing MQTT 3.1.1/5 server (mochi-mqtt v2)
+// with Cloud IoT Core compatible identity and topics, forwarding telemetry to
+// Kafka through ingest with acknowledgements that mean "Kafka has it".
+//
+//	b, err := broker.New(broker.Config{TCPAddr: ":1883", Auth: reg, Forwarder: fw})
+//	...
+//	err = b.Run(ctx) // serves until ctx is done, then drains
+//
+// Three mochi hooks, one per concern: authentication (OnConnect), ACL
+// (OnACLCheck) and forwarding (OnPacketRead, OnPublish, OnDisconnect).
+//
+// # Identity
+//
+// The client id is a device id or projects/P/locations/L/registries/R/devices/D
+// (→ D); the username is ignored; the password is the device's access token.
+// CONNACK codes (v5 / v3.1.1):
+//
+//	malformed client id                          0x85 / 2 identifier rejected
+//	no password, unknown device, bad token       0x86 / 4 bad user name or password
+//	blocked device                               0x87 / 5 not authorized
+//	registry failing, broker shutting down       0x88 / 3 server unavailable
+//
+// mochi always answers a failed OnConnectAuthenticate with 0x86 (v3: 5), so
+// the auth hook decides in OnConnect, writes the CONNACK itself and returns
+// the code, which makes mochi close the connection without another CONNACK.
+//
+// # Topics and ACL
+//
+// A device publishes only to /devices/D/events[/sub...] and /devices/D/state
+// and subscribes only to /devices/D/config and /devices/D/commands[/sub|/#],
+// D being its own id. A refused subscription gets SUBACK 0x87 (v3: 0x80). A
+// refused QoS 1 publish gets, in MQTT 5, PUBACK 0x87 and the connection stays
+// up. MQTT 3.1.1 has no negative PUBACK; we keep mochi's behaviour of closing
+// the connection (as Cloud IoT Core did): an ack would claim a delivery that
+// did not happen, and silence would make the device resend forever. A refused
+// QoS 0 publish is dropped silently in both versions.
+//
+// # Delivery and asynchronous PUBACK
+//
+// OnPublish starts the produce and returns packets.ErrRejectPacket, so mochi
+// does not acknowledge, retain or deliver the message (telemetry is never
+// retained nor delivered to MQTT subscribers); mochi's receive quota is
+// untouched on that path. The hook writes the PUBACK itself from a per-
+// connection ack goroutine (mochi's Client.WritePacket is locked and safe
+// from other goroutines), in publish order, once Kafka acknowledged with
+// acks=all. Per connection at most MaxInflightPerClient messages are
+// unanswered (advertised as v5 Receive Maximum); beyond that OnPublish blocks,
+// which is TCP backpressure on that device only, bounded by the ingest
+// delivery timeout. When Kafka fails or times out: v5 gets PUBACK 0x97 Quota
+// exceeded for timeouts (Kafka too slow: back off) and 0x80 Unspecified error
+// otherwise; v3.1.1 gets no PUBACK, so the device resends after reconnecting.
+//
+// QoS 2 is not supported (CONNACK Maximum QoS 1). mochi would silently
+// downgrade a QoS 2 PUBLISH to 1 and answer PUBACK instead of PUBREC, so the
+// forward hook refuses it first: the connection is closed (v5: DISCONNECT
+// 0x9B), as Cloud IoT Core did. Subscriptions are granted at most QoS 1.
+//
+// A payload above MaxPayloadBytes is refused with DISCONNECT 0x95 Packet too
+// large (v3: the connection is closed). A packet above MaxPayloadBytes+64 KiB
+// is refused by mochi's MaximumPacketSize before it is read, by closing the
+// connection (mochi sends no DISCONNECT then).
+//
+// # Memory per connection
+//
+// 4 KiB read buffer, 2 KiB write buffer, an outbound queue of 64 packets
+// (mochi's default of 8192 costs 64 KiB per client), at most 256 server→device
+// QoS 1 messages, MaxInflightPerClient forwarded messages.
+//
+// # Shutdown
+//
+// Run stops accepting connections and publishes when its context ends, waits
+// until every forwarded message is answered (bounded by DrainTimeout) and
+// only then disconnects the clients: every PUBACK sent is for a record in
+// Kafka, and every message without a PUBACK may be resent by the device.
+package broker

@@ -1,0 +1,373 @@
+package broker
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"sync"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+	"github.com/rs/zerolog"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/iotpipe/iotpipe/ingest"
+	"github.com/iotpipe/iotpipe/registry"
+)
+
+// ---- authentication ----
+
+// authHook authenticates CONNECTs against the registry.
+//
+// mochi answers a false OnConnectAuthenticate always with 0x86, which it maps
+// to the v3 return code 5 (not authorized), so it cannot tell a bad token from
+// a blocked device. OnConnect may halt the connection with an error and then
+// mochi sends nothing, so the decision is taken there and the hook writes the
+// CONNACK with the deliberate code itself. OnConnectAuthenticate then only
+// admits what OnConnect let through.
+type authHook struct {
+	mqtt.HookBase
+	auth     Authenticator
+	m        *metrics
+	draining func() bool
+	log      zerolog.Logger
+}
+
+func (h *authHook) ID() string { return "iotpipe-auth" }
+
+func (h *authHook) Provides(b byte) bool {
+	return bytes.Contains([]byte{mqtt.OnConnect, mqtt.OnConnectAuthenticate}, []byte{b})
+}
+
+// refusal is one CONNACK answer: the v5 reason code and the v3 return code.
+type refusal struct {
+	reason string
+	v5     packets.Code
+	v3     byte
+}
+
+var (
+	refuseClientID    = refusal{"bad_client_id", packets.ErrClientIdentifierNotValid, 2}
+	refuseCredentials = refusal{"bad_credentials", packets.ErrBadUsernameOrPassword, 4}
+	refuseNoPassword  = refusal{"no_password", packets.ErrBadUsernameOrPassword, 4}
+	refuseUnknown     = refusal{"unknown_device", packets.ErrBadUsernameOrPassword, 4}
+	refuseBlocked     = refusal{"blocked", packets.ErrNotAuthorized, 5}
+	refuseUnavailable = refusal{"unavailable", packets.ErrServerUnavailable, 3}
+)
+
+func (h *authHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
+	r, ok := h.decide(pk)
+	if ok {
+		return nil
+	}
+	h.m.connectRefused.WithLabelValues(r.reason).Inc()
+	h.log.Info().Str("client", pk.Connect.ClientIdentifier).Str("reason", r.reason).Msg("connect refused")
+	ack := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connack}, ReasonCode: r.v3}
+	if cl.Properties.ProtocolVersion == 5 {
+		ack.ReasonCode = r.v5.Code
+		ack.Properties.ReasonString = r.v5.Reason
+	}
+	_ = cl.WritePacket(ack) // the connection is closed either way
+	return r.v5
+}
+
+func (h *authHook) decide(pk packets.Packet) (refusal, bool) {
+	if h.draining() {
+		return refuseUnavailable, false
+	}
+	dev, err := deviceFromClientID(pk.Connect.ClientIdentifier)
+	if err != nil {
+		return refuseClientID, false
+	}
+	if !pk.Connect.PasswordFlag || len(pk.Connect.Password) == 0 {
+		return refuseNoPassword, false
+	}
+	switch err := h.auth.Authenticate(dev, pk.Connect.Password); {
+	case err == nil:
+		return refusal{}, true
+	case errors.Is(err, registry.ErrNotFound):
+		return refuseUnknown, false
+	case errors.Is(err, registry.ErrBadCredentials):
+		return refuseCredentials, false
+	case errors.Is(err, registry.ErrBlocked):
+		return refuseBlocked, false
+	case errors.Is(err, registry.ErrInvalidID):
+		return refuseClientID, false
+	default: // the registry itself failed: say so rather than blame the device
+		h.log.Warn().Err(err).Str("device", dev).Msg("authenticate")
+		return refuseUnavailable, false
+	}
+}
+
+func (h *authHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
+	_, err := deviceFromClientID(cl.ID) // OnConnect already authenticated it
+	return err == nil
+}
+
+// ---- authorisation ----
+
+// aclHook lets a device publish only to its own events and state topics and
+// subscribe only to its own config and commands topics.
+type aclHook struct {
+	mqtt.HookBase
+	m *metrics
+}
+
+func (h *aclHook) ID() string { return "iotpipe-acl" }
+
+func (h *aclHook) Provides(b byte) bool { return b == mqtt.OnACLCheck }
+
+func (h *aclHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
+	dev, err := deviceFromClientID(cl.ID)
+	if err != nil {
+		return false
+	}
+	t, ok := parseTopic(topic, !write)
+	ok = ok && t.Device == dev
+	if write {
+		ok = ok && (t.Kind == kindEvents || t.Kind == kindState)
+		if !ok {
+			h.m.rejected.WithLabelValues("not_authorized").Inc()
+		}
+		return ok
+	}
+	return ok && (t.Kind == kindConfig || t.Kind == kindCommands)
+}
+
+// ---- forwarding ----
+
+// Forwarder is what the broker needs from ingest.Forwarder.
+type Forwarder interface {
+	Forward(ctx context.Context, m ingest.Message, done func(error))
+}
+
+// forwardHook hands every authorised PUBLISH to the Forwarder and answers the
+// device from the produce result, off the client's read goroutine. See the
+// package documentation for the protocol decisions.
+type forwardHook struct {
+	mqtt.HookBase
+	srv         *mqtt.Server
+	fw          Forwarder
+	maxInflight int
+	maxPayload  int
+	m           *metrics
+	log         zerolog.Logger
+
+	ctx    context.Context // for Forward; cancelled only when draining gives up
+	cancel context.CancelFunc
+	stop   chan struct{} // closed when draining starts: wakes publishers waiting for a slot
+
+	mu       sync.Mutex
+	sessions map[*mqtt.Client]*session
+	pending  int           // messages forwarded and not yet answered, all clients
+	idle     chan struct{} // closed when pending reaches 0 while draining
+	draining bool
+}
+
+// session is one connection's ordered queue of unanswered messages.
+type session struct {
+	cl    *mqtt.Client
+	v5    bool
+	slots chan struct{}  // semaphore: MaxInflightPerClient
+	queue chan *inflight // FIFO: answers go out in publish order
+}
+
+type inflight struct {
+	id     uint16
+	qos    byte
+	result chan error // buffered 1: the produce promise never blocks
+}
+
+func newForwardHook(srv *mqtt.Server, fw Forwarder, maxInflight, maxPayload int, m *metrics, log zerolog.Logger) *forwardHook {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &forwardHook{srv: srv, fw: fw, maxInflight: maxInflight, maxPayload: maxPayload, m: m, log: log,
+		ctx: ctx, cancel: cancel, stop: make(chan struct{}), sessions: map[*mqtt.Client]*session{}}
+}
+
+func (h *forwardHook) ID() string { return "iotpipe-forward" }
+
+func (h *forwardHook) Provides(b byte) bool {
+	return bytes.Contains([]byte{mqtt.OnPacketRead, mqtt.OnPublish, mqtt.OnDisconnect}, []byte{b})
+}
+
+// OnPacketRead refuses QoS 2 before mochi would silently downgrade it to
+// QoS 1 (and answer a PUBACK the client does not expect): like Cloud IoT Core,
+// the connection is closed (v5: DISCONNECT 0x9B QoS not supported).
+func (h *forwardHook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if pk.FixedHeader.Type != packets.Publish {
+		return pk, nil
+	}
+	h.m.received.Inc()
+	if pk.FixedHeader.Qos == 2 {
+		h.m.rejected.WithLabelValues("qos2").Inc()
+		_ = h.srv.DisconnectClient(cl, packets.ErrQosNotSupported)
+		return pk, packets.ErrQosNotSupported
+	}
+	return pk, nil
+}
+
+// OnPublish runs on the client's read goroutine after the ACL check. It
+// waits for a free in-flight slot (the one bounded blocking point: it ends
+// when an earlier message of this client is answered, at worst after the
+// ingest delivery timeout, or when the broker drains), starts the produce and
+// returns ErrRejectPacket so mochi neither acks, retains nor delivers it to
+// subscribers. The answer is written by the session's ack loop.
+func (h *forwardHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if len(pk.Payload) > h.maxPayload {
+		h.m.rejected.WithLabelValues("too_large").Inc()
+		_ = h.srv.DisconnectClient(cl, packets.ErrPacketTooLarge)
+		return pk, packets.ErrRejectPacket
+	}
+	t, ok := parseTopic(pk.TopicName, false)
+	if !ok { // the ACL hook admitted it, so this is a programming error
+		h.m.rejected.WithLabelValues("bad_topic").Inc()
+		return pk, packets.ErrRejectPacket
+	}
+	s := h.session(cl)
+	select {
+	case s.slots <- struct{}{}:
+	case <-h.stop:
+		h.m.rejected.WithLabelValues("shutting_down").Inc()
+		return pk, packets.ErrRejectPacket // no answer: the device resends after reconnecting
+	}
+	if !h.begin() {
+		<-s.slots
+		h.m.rejected.WithLabelValues("shutting_down").Inc()
+		return pk, packets.ErrRejectPacket
+	}
+	in := &inflight{id: pk.PacketID, qos: pk.FixedHeader.Qos, result: make(chan error, 1)}
+	s.queue <- in // never blocks: at most maxInflight entries hold a slot
+	h.fw.Forward(h.ctx, ingest.Message{
+		Device:      t.Device,
+		Topic:       pk.TopicName,
+		ContentType: pk.Properties.ContentType,
+		Payload:     pk.Payload, // mochi decoded it into a fresh slice; nothing else holds it
+		ReceivedAt:  time.Now(),
+	}, func(err error) { in.result <- err })
+	return pk, packets.ErrRejectPacket
+}
+
+func (h *forwardHook) session(cl *mqtt.Client) *session {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	s, ok := h.sessions[cl]
+	if !ok {
+		s = &session{cl: cl, v5: cl.Properties.ProtocolVersion == 5,
+			slots: make(chan struct{}, h.maxInflight), queue: make(chan *inflight, h.maxInflight)}
+		h.sessions[cl] = s
+		go h.ackLoop(s)
+	}
+	return s
+}
+
+// ackLoop answers one connection's messages in the order they were published.
+// Waiting for the head of the queue keeps PUBACK order even if produce
+// results arrived out of order.
+func (h *forwardHook) ackLoop(s *session) {
+	for in := range s.queue {
+		err := <-in.result
+		h.answer(s, in, err)
+		<-s.slots
+		h.end()
+	}
+}
+
+func (h *forwardHook) answer(s *session, in *inflight, err error) {
+	if err != nil {
+		h.m.rejected.WithLabelValues("kafka").Inc()
+		h.log.Debug().Err(err).Str("client", s.cl.ID).Msg("forward failed")
+	}
+	if in.qos == 0 {
+		return
+	}
+	ack := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: in.id}
+	if err != nil {
+		if !s.v5 {
+			return // 3.1.1 has no negative PUBACK: silence makes the device resend
+		}
+		code := packets.ErrUnspecifiedError
+		if isTimeout(err) {
+			code = packets.ErrQuotaExceeded // Kafka too slow for us: a limit, the device should back off
+		}
+		ack.ReasonCode = code.Code
+		ack.Properties.ReasonString = code.Reason
+	}
+	if werr := s.cl.WritePacket(ack); werr != nil {
+		return // connection gone: the device has no ack and will resend
+	}
+	if err == nil {
+		h.m.acked.Inc()
+	}
+}
+
+func isTimeout(err error) bool {
+	return errors.Is(err, kgo.ErrRecordTimeout) || errors.Is(err, context.DeadlineExceeded) ||
+		errors.Is(err, kgo.ErrMaxBuffered)
+}
+
+// OnDisconnect ends the session's ack loop once its queue is answered. It
+// runs on the read goroutine, so no OnPublish for this client races it.
+func (h *forwardHook) OnDisconnect(cl *mqtt.Client, _ error, _ bool) {
+	h.mu.Lock()
+	s, ok := h.sessions[cl]
+	delete(h.sessions, cl)
+	h.mu.Unlock()
+	if ok {
+		close(s.queue)
+	}
+}
+
+func (h *forwardHook) begin() bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.draining {
+		return false
+	}
+	h.pending++
+	h.m.inflight.Set(float64(h.pending))
+	return true
+}
+
+func (h *forwardHook) end() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.pending--
+	if h.pending == 0 && h.draining && h.idle != nil {
+		close(h.idle)
+		h.idle = nil
+	}
+	h.m.inflight.Set(float64(h.pending))
+}
+
+func (h *forwardHook) isDraining() bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.draining
+}
+
+// drain stops accepting publishes and waits until every forwarded message
+// is answered, or until timeout; then it cancels the produce context.
+func (h *forwardHook) drain(timeout time.Duration) error {
+	h.mu.Lock()
+	h.draining = true
+	close(h.stop)
+	var idle chan struct{}
+	if h.pending > 0 {
+		idle = make(chan struct{})
+		h.idle = idle
+	}
+	h.mu.Unlock()
+	defer h.cancel()
+	if idle == nil {
+		return nil
+	}
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case <-idle:
+		return nil
+	case <-t.C:
+		return errors.New("drain timed out with messages still in flight; they were not acknowledged")
+	}
+}
