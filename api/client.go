@@ -1,0 +1,152 @@
+package api
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+)
+
+// Client calls an iotpipe API. The CLI uses it; so can other Go programs.
+type Client struct {
+	base  *url.URL
+	token string
+	http  *http.Client
+}
+
+// NewClient returns a client for the API at baseURL (e.g. http://127.0.0.1:8080).
+func NewClient(baseURL, token string) (*Client, error) {
+	u, err := url.Parse(strings.TrimRight(baseURL, "/"))
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, fmt.Errorf("api url %q: want http(s)://host:port", baseURL)
+	}
+	return &Client{base: u, token: token, http: &http.Client{Timeout: 60 * time.Second}}, nil
+}
+
+func (c *Client) do(ctx context.Context, method, path string, q url.Values, body, out any) error {
+	u := *c.base
+	u.Path += path
+	u.RawQuery = q.Encode()
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return err
+		}
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, u.String(), rd)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Authorization", "Bearer "+c.token)
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return fmt.Errorf("iotpipe api at %s: %w", c.base, err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return fmt.Errorf("read response: %w", err)
+	}
+	if resp.StatusCode/100 != 2 {
+		apiErr := &Error{Status: resp.StatusCode}
+		if json.Unmarshal(data, apiErr) != nil || apiErr.Message == "" {
+			apiErr.Message, apiErr.Code = strings.TrimSpace(string(data)), http.StatusText(resp.StatusCode)
+		}
+		return apiErr
+	}
+	if out == nil || resp.StatusCode == http.StatusNoContent {
+		return nil
+	}
+	if err := json.Unmarshal(data, out); err != nil {
+		return fmt.Errorf("decode %s response: %w", path, err)
+	}
+	return nil
+}
+
+// StatusOf returns the HTTP status of an error returned by the client, or 0.
+func StatusOf(err error) int {
+	var e *Error
+	if errors.As(err, &e) {
+		return e.Status
+	}
+	return 0
+}
+
+// CreateDevice registers a device and returns it with its token.
+func (c *Client) CreateDevice(ctx context.Context, id string) (CreatedDevice, error) {
+	var out CreatedDevice
+	err := c.do(ctx, http.MethodPost, "/api/v1/devices", nil, createDeviceRequest{ID: id}, &out)
+	return out, err
+}
+
+// Devices lists the registered devices.
+func (c *Client) Devices(ctx context.Context) ([]Device, error) {
+	var out struct {
+		Devices []Device `json:"devices"`
+	}
+	err := c.do(ctx, http.MethodGet, "/api/v1/devices", nil, nil, &out)
+	return out.Devices, err
+}
+
+// Device returns one device.
+func (c *Client) Device(ctx context.Context, id string) (Device, error) {
+	var out Device
+	err := c.do(ctx, http.MethodGet, "/api/v1/devices/"+url.PathEscape(id), nil, nil, &out)
+	return out, err
+}
+
+// DeleteDevice removes a device.
+func (c *Client) DeleteDevice(ctx context.Context, id string) error {
+	return c.do(ctx, http.MethodDelete, "/api/v1/devices/"+url.PathEscape(id), nil, nil, nil)
+}
+
+// SeriesParams selects a series; empty fields take the server defaults.
+type SeriesParams struct {
+	Device, Metric, Aggregate string
+	From, To                  string // RFC 3339, Unix s/ms, now, now-1h
+	Step                      string // e.g. 1m
+}
+
+// Series fetches one device's metric re-aggregated into steps.
+func (c *Client) Series(ctx context.Context, p SeriesParams) (Series, error) {
+	q := url.Values{}
+	for k, v := range map[string]string{"device": p.Device, "metric": p.Metric, "aggregate": p.Aggregate, "from": p.From, "to": p.To, "step": p.Step} {
+		if v != "" {
+			q.Set(k, v)
+		}
+	}
+	var out Series
+	err := c.do(ctx, http.MethodGet, "/api/v1/series", q, nil, &out)
+	return out, err
+}
+
+// SummaryParams selects a per-device summary over a range.
+type SummaryParams struct {
+	Metric, Aggregate string
+	From, To          string
+	Devices           []string // empty: all
+}
+
+// Summary fetches one value per device over the whole range.
+func (c *Client) Summary(ctx context.Context, p SummaryParams) (Summary, error) {
+	q := url.Values{"device": p.Devices}
+	for k, v := range map[string]string{"metric": p.Metric, "aggregate": p.Aggregate, "from": p.From, "to": p.To} {
+		if v != "" {
+			q.Set(k, v)
+		}
+	}
+	var out Summary
+	err := c.do(ctx, http.MethodGet, "/api/v1/summary", q, nil, &out)
+	return out, err
+}

@@ -1,0 +1,340 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/iotpipe/iotpipe/api"
+	"github.com/iotpipe/iotpipe/simulator"
+)
+
+// clientFlags are the flags of the subcommands that talk to a running API.
+type clientFlags struct {
+	apiURL, token, dataDir string
+}
+
+func (c *clientFlags) add(fs *flag.FlagSet) {
+	fs.StringVar(&c.apiURL, "api", "http://127.0.0.1:8080", "iotpipe API base URL")
+	fs.StringVar(&c.token, "api-token", "", "API bearer token (default: the admin token in --data-dir)")
+	fs.StringVar(&c.dataDir, "data-dir", "data", "data directory of a local `iotpipe run`, to find its admin token")
+}
+
+func (c *clientFlags) client() (*api.Client, error) {
+	tok, err := readAdminToken(c.dataDir, c.token)
+	if err != nil {
+		return nil, err
+	}
+	return api.NewClient(c.apiURL, tok)
+}
+
+func runDevices(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	var cf clientFlags
+	var output string
+	fs := newFlagSet("devices", stderr)
+	cf.add(fs)
+	fs.StringVar(&output, "o", "text", "output: text, json, or token (create: print only the token, for scripts)")
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, "Usage: iotpipe devices create ID | list | get ID | delete ID [flags]")
+		fs.PrintDefaults()
+	}
+	// Flags may come before or after the verb and id.
+	var pos []string
+	rest := args
+	for {
+		if err := parse(fs, rest); err != nil {
+			return err
+		}
+		if fs.NArg() == 0 {
+			break
+		}
+		pos = append(pos, fs.Arg(0))
+		rest = fs.Args()[1:]
+	}
+	if len(pos) == 0 {
+		fs.Usage()
+		return errUsage
+	}
+	cl, err := cf.client()
+	if err != nil {
+		return err
+	}
+	needID := func() (string, error) {
+		if len(pos) != 2 {
+			fs.Usage()
+			return "", errUsage
+		}
+		return pos[1], nil
+	}
+	switch pos[0] {
+	case "create":
+		id, err := needID()
+		if err != nil {
+			return err
+		}
+		d, err := cl.CreateDevice(ctx, id)
+		if err != nil {
+			return err
+		}
+		switch output {
+		case "token":
+			_, err = fmt.Fprintln(stdout, d.Token)
+		case "json":
+			err = printJSON(stdout, d)
+		default:
+			_, err = fmt.Fprintf(stdout, "created device %s\ntoken (shown once; only its hash is stored): %s\n\npublish a reading:\n  mosquitto_pub -h localhost -p 1883 -q 1 -i %s -u %s -P '%s' -t /devices/%s/events -m '{\"temperature\": 21.5, \"humidity\": 40}'\n",
+				d.Device.ID, d.Token, d.Device.ID, d.Device.ID, d.Token, d.Device.ID)
+		}
+		return err
+	case "list":
+		list, err := cl.Devices(ctx)
+		if err != nil {
+			return err
+		}
+		if output == "json" {
+			return printJSON(stdout, list)
+		}
+		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "ID\tBLOCKED\tCREATED")
+		for _, d := range list {
+			fmt.Fprintf(tw, "%s\t%v\t%s\n", d.ID, d.Blocked, d.CreatedAt.Format(time.RFC3339))
+		}
+		return tw.Flush()
+	case "get":
+		id, err := needID()
+		if err != nil {
+			return err
+		}
+		d, err := cl.Device(ctx, id)
+		if err != nil {
+			return err
+		}
+		return printJSON(stdout, d)
+	case "delete":
+		id, err := needID()
+		if err != nil {
+			return err
+		}
+		if err := cl.DeleteDevice(ctx, id); err != nil {
+			return err
+		}
+		_, err = fmt.Fprintf(stdout, "deleted device %s\n", id)
+		return err
+	}
+	fmt.Fprintf(stderr, "unknown devices verb %q\n", pos[0])
+	fs.Usage()
+	return errUsage
+}
+
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+// analysis is one metric:aggregate pair of `iotpipe query`.
+type analysis struct{ metric, aggregate string }
+
+func parseAnalyses(s string) ([]analysis, error) {
+	var out []analysis
+	for _, p := range strings.Split(s, ",") {
+		p = strings.TrimSpace(p)
+		if p == "" {
+			continue
+		}
+		m, a, ok := strings.Cut(p, ":")
+		if !ok || m == "" || a == "" {
+			return nil, fmt.Errorf("analysis %q: want metric:aggregate, e.g. temperature:mean", p)
+		}
+		out = append(out, analysis{m, a})
+	}
+	if len(out) == 0 {
+		return nil, errors.New("no analysis given")
+	}
+	return out, nil
+}
+
+func runQuery(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	var cf clientFlags
+	var from, to, analyses, devices, step, output string
+	fs := newFlagSet("query", stderr)
+	cf.add(fs)
+	fs.StringVar(&from, "from", "now-1h", "range start: RFC 3339, Unix seconds/ms, now-<duration>")
+	fs.StringVar(&to, "to", "now", "range end (exclusive)")
+	fs.StringVar(&analyses, "analysis", "temperature:mean,humidity:max", "comma separated metric:aggregate (mean, max, min, count, sum)")
+	fs.StringVar(&devices, "devices", "", "comma separated devices (default: all with data)")
+	fs.StringVar(&step, "step", "", "print a series per device with this step (e.g. 1m) instead of one value per device")
+	fs.StringVar(&output, "o", "text", "output: text or json")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	as, err := parseAnalyses(analyses)
+	if err != nil {
+		return err
+	}
+	cl, err := cf.client()
+	if err != nil {
+		return err
+	}
+	var devList []string
+	if devices != "" {
+		devList = strings.Split(devices, ",")
+	}
+	if step != "" {
+		return querySeries(ctx, cl, stdout, as, devList, from, to, step, output)
+	}
+	// One summary per analysis, joined into a table of device rows.
+	sums := make([]api.Summary, len(as))
+	rows := map[string][]*api.DeviceValue{}
+	var order []string
+	for i, a := range as {
+		s, err := cl.Summary(ctx, api.SummaryParams{Metric: a.metric, Aggregate: a.aggregate, From: from, To: to, Devices: devList})
+		if err != nil {
+			return fmt.Errorf("%s:%s: %w", a.metric, a.aggregate, err)
+		}
+		sums[i] = s
+		for j := range s.Devices {
+			dv := &s.Devices[j]
+			if _, ok := rows[dv.Device]; !ok {
+				rows[dv.Device] = make([]*api.DeviceValue, len(as))
+				order = append(order, dv.Device)
+			}
+			rows[dv.Device][i] = dv
+		}
+	}
+	if output == "json" {
+		return printJSON(stdout, sums)
+	}
+	if len(order) == 0 {
+		_, err := fmt.Fprintf(stdout, "no data between %s and %s\n", from, to)
+		return err
+	}
+	slices.Sort(order)
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprint(tw, "DEVICE")
+	for _, a := range as {
+		fmt.Fprintf(tw, "\t%s(%s)", strings.ToUpper(a.aggregate), a.metric)
+	}
+	fmt.Fprintln(tw, "\tREADINGS")
+	for _, d := range order {
+		fmt.Fprint(tw, d)
+		var n uint64
+		for _, v := range rows[d] {
+			if v == nil {
+				fmt.Fprint(tw, "\t-")
+				continue
+			}
+			fmt.Fprintf(tw, "\t%s", formatValue(v.Value))
+			n = max(n, v.Count)
+		}
+		fmt.Fprintf(tw, "\t%d\n", n)
+	}
+	return tw.Flush()
+}
+
+func querySeries(ctx context.Context, cl *api.Client, stdout io.Writer, as []analysis, devices []string, from, to, step, output string) error {
+	if len(devices) == 0 {
+		list, err := cl.Devices(ctx)
+		if err != nil {
+			return err
+		}
+		for _, d := range list {
+			devices = append(devices, d.ID)
+		}
+	}
+	var all []api.Series
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "DEVICE\tANALYSIS\tTIME\tVALUE\tREADINGS")
+	for _, d := range devices {
+		for _, a := range as {
+			s, err := cl.Series(ctx, api.SeriesParams{Device: d, Metric: a.metric, Aggregate: a.aggregate, From: from, To: to, Step: step})
+			if err != nil {
+				return fmt.Errorf("%s %s:%s: %w", d, a.metric, a.aggregate, err)
+			}
+			all = append(all, s)
+			for _, p := range s.Points {
+				fmt.Fprintf(tw, "%s\t%s(%s)\t%s\t%s\t%d\n", d, a.aggregate, a.metric, p.Time.Format(time.RFC3339), formatValue(p.Value), p.Count)
+			}
+		}
+	}
+	if output == "json" {
+		return printJSON(stdout, all)
+	}
+	return tw.Flush()
+}
+
+func formatValue(v float64) string { return fmt.Sprintf("%.6g", v) }
+
+func runSimulate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	var cf clientFlags
+	var (
+		broker, prefix, existing string
+		n, messages, qos, inflit int
+		rate                     float64
+		duration                 time.Duration
+		seed                     int64
+	)
+	fs := newFlagSet("simulate", stderr)
+	cf.add(fs)
+	fs.StringVar(&broker, "broker", "127.0.0.1:1883", "MQTT broker host:port")
+	fs.IntVar(&n, "devices", 10, "number of simulated devices to create through the API")
+	fs.StringVar(&prefix, "prefix", "sim", "device id prefix; devices are <prefix>-001... and are re-created (new token) if they exist")
+	fs.StringVar(&existing, "device-tokens", "", "use existing devices instead: comma separated id=token pairs")
+	fs.Float64Var(&rate, "rate", 10, "messages per second for the whole fleet (0 = as fast as possible)")
+	fs.DurationVar(&duration, "duration", time.Minute, "how long to run")
+	fs.IntVar(&messages, "messages", 0, "stop after this many messages in total (0 = run for --duration)")
+	fs.IntVar(&qos, "qos", 1, "MQTT QoS 0 or 1")
+	fs.IntVar(&inflit, "max-inflight", 64, "QoS 1 publishes awaiting PUBACK per connection")
+	fs.Int64Var(&seed, "seed", 1, "random seed of the readings")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	var devs []simulator.Device
+	if existing != "" {
+		for _, p := range strings.Split(existing, ",") {
+			id, tok, ok := strings.Cut(strings.TrimSpace(p), "=")
+			if !ok || id == "" || tok == "" {
+				return fmt.Errorf("--device-tokens: %q is not id=token", p)
+			}
+			devs = append(devs, simulator.Device{ID: id, Token: tok})
+		}
+	} else {
+		cl, err := cf.client()
+		if err != nil {
+			return err
+		}
+		for i := 1; i <= n; i++ {
+			id := fmt.Sprintf("%s-%03d", prefix, i)
+			d, err := cl.CreateDevice(ctx, id)
+			if api.StatusOf(err) == http.StatusConflict {
+				// The simulator owns its devices: take them over with a fresh token.
+				if err = cl.DeleteDevice(ctx, id); err == nil {
+					d, err = cl.CreateDevice(ctx, id)
+				}
+			}
+			if err != nil {
+				return fmt.Errorf("create device %s: %w", id, err)
+			}
+			devs = append(devs, simulator.Device{ID: id, Token: d.Token})
+		}
+		fmt.Fprintf(stderr, "created %d devices %s-001..%s-%03d\n", n, prefix, prefix, n)
+	}
+	log, err := (&options{logLevel: "warn", logFormat: "auto"}).logger(stderr)
+	if err != nil {
+		return err
+	}
+	rep, err := simulator.Run(ctx, simulator.Config{
+		Broker: broker, Devices: devs, Rate: rate, Duration: duration, Messages: messages,
+		QoS: byte(qos), MaxInflight: inflit, Seed: seed, Progress: stderr, ProgressEvery: 5 * time.Second, Logger: log,
+	})
+	fmt.Fprintln(stdout, rep.String())
+	return err
+}

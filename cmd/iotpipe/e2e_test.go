@@ -1,0 +1,153 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"math"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/iotpipe/iotpipe/api"
+)
+
+// fleetReadings makes n readings of temperature and humidity for each device,
+// every step from base, with values that differ per device and reading.
+func fleetReadings(devices []string, base time.Time, n int, step time.Duration) []reading {
+	var rs []reading
+	for d, dev := range devices {
+		for i := 0; i < n; i++ {
+			at := base.Add(time.Duration(i)*step + time.Duration(d*37)*time.Millisecond)
+			temp := math.Round((20+float64(d)+5*math.Sin(float64(i)/3))*1000) / 1000
+			hum := math.Round((40+float64(3*d)+10*math.Cos(float64(i)/5))*1000) / 1000
+			rs = append(rs, reading{dev, "temperature", at, temp}, reading{dev, "humidity", at, hum})
+		}
+	}
+	return rs
+}
+
+// payloads turns readings (temperature and humidity pairs, in order) into
+// the JSON lines each device publishes.
+func payloads(rs []reading) map[string][]string {
+	out := map[string][]string{}
+	for i := 0; i+1 < len(rs); i += 2 {
+		t, h := rs[i], rs[i+1]
+		out[t.device] = append(out[t.device], fmt.Sprintf(`{"ts": %d, "temperature": %v, "humidity": %v}`, t.at.UnixMilli(), t.value, h.value))
+	}
+	return out
+}
+
+// publishAll publishes every device's lines concurrently, one connection each.
+func publishAll(t *testing.T, p *pipeline, tokens map[string]string, lines map[string][]string) {
+	t.Helper()
+	var wg sync.WaitGroup
+	errs := make(chan error, len(lines))
+	for dev, ls := range lines {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs <- p.publish(dev, tokens[dev], "/devices/"+dev+"/events", ls)
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func waitAll(t *testing.T, cl *api.Client, rs []reading, from, to time.Time) {
+	t.Helper()
+	counts := map[[2]string]uint64{}
+	for _, r := range rs {
+		counts[[2]string{r.device, r.metric}]++
+	}
+	for dm, n := range counts {
+		waitSeries(t, cl, dm[0], dm[1], from, to, n)
+	}
+}
+
+func TestEndToEnd(t *testing.T) {
+	p := newPipeline(t)
+	p.start()
+	devices := []string{"thermo-1", "thermo-2", "thermo-3"}
+	tokens := map[string]string{}
+	for _, d := range devices {
+		tokens[d] = p.createDevice(d)
+	}
+	// Readings over three minutes a few minutes ago, every 3.5 s, so 10 s
+	// windows hold 2 or 3 readings and 1 min windows about 17.
+	base := time.Now().UTC().Truncate(time.Minute).Add(-6 * time.Minute)
+	rs := fleetReadings(devices, base, 52, 3500*time.Millisecond)
+	publishAll(t, p, tokens, payloads(rs))
+
+	cl := p.client()
+	from, to := base.Add(-time.Minute), base.Add(5*time.Minute)
+	waitAll(t, cl, rs, from, to)
+	for _, step := range []time.Duration{10 * time.Second, time.Minute, 2 * time.Minute} {
+		checkWindows(t, cl, rs, step, from, to)
+	}
+
+	// `iotpipe query`: the seed's analysis, mean temperature and max humidity.
+	out, err := p.cli("query", "--from", from.Format(time.RFC3339), "--to", to.Format(time.RFC3339), "-o", "json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sums []api.Summary
+	if err := json.Unmarshal([]byte(out), &sums); err != nil {
+		t.Fatalf("query -o json: %v\n%s", err, out)
+	}
+	wantMean, wantMax := summaries(rs, "temperature", "mean"), summaries(rs, "humidity", "max")
+	if len(sums) != 2 || sums[0].Metric != "temperature" || sums[0].Aggregate != "mean" || sums[1].Metric != "humidity" || sums[1].Aggregate != "max" {
+		t.Fatalf("query returned %+v, want temperature:mean then humidity:max", sums)
+	}
+	for i, want := range []map[string]float64{wantMean, wantMax} {
+		if len(sums[i].Devices) != len(want) {
+			t.Errorf("%s: %d devices, want %d", sums[i].Metric, len(sums[i].Devices), len(want))
+		}
+		for _, dv := range sums[i].Devices {
+			if !near(dv.Value, want[dv.Device]) {
+				t.Errorf("%s %s of %s = %v, want %v", sums[i].Aggregate, sums[i].Metric, dv.Device, dv.Value, want[dv.Device])
+			}
+		}
+	}
+	text, err := p.cli("query", "--from", from.Format(time.RFC3339), "--to", to.Format(time.RFC3339))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range devices {
+		want := fmt.Sprintf("%s  %s", d, formatValue(wantMean[d]))
+		if !strings.Contains(strings.Join(strings.Fields(text), "  "), want) {
+			t.Errorf("query table lacks %q:\n%s", want, text)
+		}
+	}
+}
+
+func TestRestartKeepsDevicesReadingsAndWindows(t *testing.T) {
+	p := newPipeline(t)
+	p.start()
+	tokens := map[string]string{"keeper": p.createDevice("keeper")}
+	base := time.Now().UTC().Truncate(time.Minute).Add(-4 * time.Minute)
+	first := fleetReadings([]string{"keeper"}, base, 30, 2*time.Second)
+	publishAll(t, p, tokens, payloads(first))
+	cl := p.client()
+	from := base.Add(-time.Minute)
+	waitAll(t, cl, first, from, time.Now().Add(time.Hour))
+	p.stop()
+
+	p.start()
+	cl = p.client()
+	// The device and its token survived: publish again with the old token.
+	// These readings are newer than the watermark the first run committed.
+	second := fleetReadings([]string{"keeper"}, time.Now().UTC(), 12, 250*time.Millisecond)
+	publishAll(t, p, tokens, payloads(second))
+	all := append(append([]reading{}, first...), second...)
+	to := time.Now().Add(time.Hour)
+	waitAll(t, cl, all, from, to)
+	checkWindows(t, cl, all, 10*time.Second, from, to)
+	checkWindows(t, cl, all, time.Minute, from, to)
+}

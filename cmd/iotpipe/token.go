@@ -1,0 +1,57 @@
+package main
+
+import (
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+)
+
+const adminTokenFile = "admin-token"
+
+// adminToken returns the configured token, or the one kept in the data
+// directory, creating it on first start. The file is owner-only because it
+// grants full control of the registry.
+func adminToken(dataDir, given string) (string, error) {
+	if given != "" {
+		return given, nil
+	}
+	path := filepath.Join(dataDir, adminTokenFile)
+	b, err := os.ReadFile(path)
+	if err == nil {
+		if tok := strings.TrimSpace(string(b)); tok != "" {
+			return tok, nil
+		}
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return "", fmt.Errorf("read admin token: %w", err)
+	}
+	if err := os.MkdirAll(dataDir, 0o700); err != nil {
+		return "", fmt.Errorf("create data dir: %w", err)
+	}
+	raw := make([]byte, 32)
+	if _, err := rand.Read(raw); err != nil {
+		return "", fmt.Errorf("generate admin token: %w", err)
+	}
+	tok := "iat_" + base64.RawURLEncoding.EncodeToString(raw)
+	if err := os.WriteFile(path, []byte(tok+"\n"), 0o600); err != nil {
+		return "", fmt.Errorf("write admin token: %w", err)
+	}
+	return tok, nil
+}
+
+// readAdminToken finds the token a CLI command should send: flag or env
+// first, then the data directory of a local `iotpipe run`.
+func readAdminToken(dataDir, given string) (string, error) {
+	if given != "" {
+		return given, nil
+	}
+	b, err := os.ReadFile(filepath.Join(dataDir, adminTokenFile))
+	if err != nil {
+		return "", fmt.Errorf("no API token: pass --api-token (or IOTPIPE_API_TOKEN), or run where --data-dir holds the %s of `iotpipe run`: %w", adminTokenFile, err)
+	}
+	return strings.TrimSpace(string(b)), nil
+}
