@@ -31,7 +31,7 @@ func (r Report) WriteTo(w io.Writer) (int64, error) {
 	fmt.Fprintf(&b, "sent         %d\n", r.Sent)
 	fmt.Fprintf(&b, "acked        %d", r.Acked)
 	if r.Sent > 0 {
-		fmt.Fprintf(&b, " (%.1f%%)", 100*float64(r.Acked)/float64(r.Sent))
+		fmt.Fprintf(&b, " (%.2f%%)", 100*float64(r.Acked)/float64(r.Sent))
 	}
 	fmt.Fprintf(&b, "\nfailed       %d\n", r.Failed)
 	if r.Disconnects > 0 {

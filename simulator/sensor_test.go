@@ -52,7 +52,7 @@ func TestSensorRangeAndRounding(t *testing.T) {
 // Consecutive one-second readings move little (spikes are rare), and the
 // afternoon is warmer and drier than the night.
 func TestSensorSmoothAndDiurnal(t *testing.T) {
-	const devices = 50
+	const devices = 20
 	var jumps, steps int
 	var warmer, drier float64
 	for d := range devices {
