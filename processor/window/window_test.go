@@ -385,7 +385,7 @@ func BenchmarkEngine(b *testing.B) {
 			Offset: int64(i),
 			Device: "dev-" + strings.Repeat("x", 4) + fmt.Sprint(i%devices),
 			Time:   t0.Add(time.Duration(i) * 10 * time.Millisecond), // 100 readings/s per partition
-			Values: []Value{{"t", float64(i % 50)}, {"h", float64(i % 7)}},
+			Values: []Value{{Metric: "t", Value: float64(i % 50)}, {Metric: "h", Value: float64(i % 7)}},
 		}
 	}
 	b.ReportAllocs()
