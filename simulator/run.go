@@ -22,7 +22,10 @@ var ErrRefused = errors.New("connection refused")
 const (
 	connectParallel = 32               // concurrent handshakes, so a big fleet does not SYN-flood the broker
 	connectTimeout  = 10 * time.Second // dial + CONNACK
-	writeTimeout    = 10 * time.Second // a publish waiting for the connection's writer
+	// writeTimeout bounds a publish waiting for the connection's writer. Paho
+	// does not wake such a publish when the connection drops, so this is also
+	// how long a lost connection can hold a device (and the end of Run) up.
+	writeTimeout = 5 * time.Second
 	// drainTimeout bounds the wait for acknowledgements still in flight when
 	// publishing stops; what is left is counted as failed.
 	drainTimeout    = 5 * time.Second

@@ -85,6 +85,13 @@ func (h *recorder) waitFor(t *testing.T, n int) []published {
 // startBroker runs a real mochi broker on a free local port.
 func startBroker(t *testing.T, tokens map[string]string) (addr string, rec *recorder) {
 	t.Helper()
+	addr, rec, _ = startServer(t, tokens)
+	return addr, rec
+}
+
+// startServer also returns a stop function, safe to call again at cleanup.
+func startServer(t *testing.T, tokens map[string]string) (addr string, rec *recorder, stop func()) {
+	t.Helper()
 	srv := mqtt.New(&mqtt.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	rec = &recorder{}
 	if err := srv.AddHook(&tokenAuth{tokens: tokens}, nil); err != nil {
@@ -100,8 +107,9 @@ func startBroker(t *testing.T, tokens map[string]string) (addr string, rec *reco
 	if err := srv.Serve(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { srv.Close() })
-	return l.Address(), rec
+	stop = sync.OnceFunc(func() { srv.Close() }) // mochi panics on a second Close
+	t.Cleanup(stop)
+	return l.Address(), rec, stop
 }
 
 func fleet(n int) ([]Device, map[string]string) {
@@ -345,5 +353,30 @@ func TestConfigValidation(t *testing.T) {
 	}
 	if err := ok.validate(); err != nil {
 		t.Fatalf("valid config rejected: %v", err)
+	}
+}
+
+func TestRunBrokerGoesAway(t *testing.T) {
+	devs, tokens := fleet(3)
+	addr, rec, stop := startServer(t, tokens)
+	done := make(chan error, 1)
+	var rep Report
+	go func() {
+		var err error
+		rep, err = Run(t.Context(), Config{Broker: addr, Devices: devs, Rate: 300, QoS: 1, Logger: quiet()})
+		done <- err
+	}()
+	rec.waitFor(t, 10)
+	stop()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), addr) || !strings.Contains(err.Error(), "all 3 devices") {
+			t.Fatalf("err = %v, want the broker lost on all devices", err)
+		}
+		if rep.Disconnects != 3 || rep.Sent < 10 || rep.Sent != rep.Acked+rep.Failed {
+			t.Fatalf("report %+v: want 3 disconnects and every message accounted for", rep)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("Run kept going after the broker closed")
 	}
 }
