@@ -150,6 +150,13 @@ func (s *chdbSession) acquire(path string) error {
 		return fmt.Errorf("storage: chdb_connect(%s) failed (is another process using this directory?)", path)
 	}
 	s.lib, s.conn, s.path, s.refs = lib, conn, path, 1
+	// Inserts embed their batch in the query text (see chdbEngine.insert),
+	// so lift the 256 KiB parser limit for this session.
+	if _, err := s.runLocked("SET max_query_size = 1073741824", "TabSeparated"); err != nil {
+		lib.closeConn(conn)
+		s.conn = nil
+		return fmt.Errorf("storage: configure chDB session: %w", err)
+	}
 	return nil
 }
 
@@ -174,6 +181,10 @@ var errChdbClosed = errors.New("storage: chDB session closed")
 func (s *chdbSession) run(query, format string) ([]byte, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	return s.runLocked(query, format)
+}
+
+func (s *chdbSession) runLocked(query, format string) ([]byte, error) {
 	if s.conn == nil {
 		return nil, errChdbClosed
 	}

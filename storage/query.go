@@ -1,0 +1,209 @@
+package storage
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// SummaryQuery asks for one value per device of a metric over a range.
+type SummaryQuery struct {
+	Metric    string
+	Aggregate Aggregate
+	From, To  time.Time // [From, To); see Summary for edge alignment
+	Devices   []string  // empty = all devices
+}
+
+// DeviceValue is one device's summary. Count is the readings behind Value.
+type DeviceValue struct {
+	Device string
+	Value  float64
+	Count  uint64
+}
+
+// aggExpr re-aggregates stored windows: partial aggregates combine exactly
+// (mean = Σsum/Σcount, never a mean of means).
+func aggExpr(a Aggregate) (string, error) {
+	switch a {
+	case Mean:
+		return "sum(sum) / sum(count)", nil
+	case Max:
+		return "max(max)", nil
+	case Min:
+		return "min(min)", nil
+	case Sum:
+		return "sum(sum)", nil
+	case Count:
+		return "toFloat64(sum(count))", nil
+	}
+	return "", fmt.Errorf("%w %q (want mean, max, min, count or sum)", ErrBadAggregate, a)
+}
+
+// pickSize returns the stored window size Series reads for step.
+func (s *Store) pickSize(step, want time.Duration) (time.Duration, error) {
+	if step <= 0 {
+		return 0, fmt.Errorf("%w: step %v must be positive", ErrBadStep, step)
+	}
+	if want != 0 {
+		if want < time.Second || want%time.Second != 0 || step%want != 0 {
+			return 0, fmt.Errorf("%w: step %v is not a multiple of window size %v", ErrBadStep, step, want)
+		}
+		return want, nil
+	}
+	for i := len(s.sizes) - 1; i >= 0; i-- { // coarsest first: fewest rows
+		if step%s.sizes[i] == 0 {
+			return s.sizes[i], nil
+		}
+	}
+	return 0, fmt.Errorf("%w: step %v is not a multiple of any stored window size %v", ErrBadStep, step, s.sizes)
+}
+
+func floorTo(t time.Time, d time.Duration) int64 {
+	sec, ds := t.Unix(), int64(d/time.Second)
+	q := sec / ds
+	if sec%ds != 0 && sec < 0 {
+		q--
+	}
+	return q * ds
+}
+
+func ceilTo(t time.Time, d time.Duration) int64 {
+	f := floorTo(t, d)
+	if time.Unix(f, 0).Before(t) {
+		f += int64(d / time.Second)
+	}
+	return f
+}
+
+// Series re-aggregates one device's metric into buckets of q.Step aligned to
+// the Unix epoch (UTC). The range is widened to whole buckets,
+// [floor(From), ceil(To)), so the first and last buckets are complete rather
+// than silently partial. Only buckets with data are returned, in time order.
+func (s *Store) Series(ctx context.Context, q SeriesQuery) ([]Point, error) {
+	agg, err := aggExpr(q.Aggregate)
+	if err != nil {
+		return nil, err
+	}
+	size, err := s.pickSize(q.Step, q.WindowSize)
+	if err != nil {
+		return nil, err
+	}
+	step := int64(q.Step / time.Second)
+	lo, hi := floorTo(q.From, q.Step), ceilTo(q.To, q.Step)
+	if lo >= hi {
+		return nil, nil
+	}
+	// FINAL collapses re-emitted windows to the highest version.
+	rows, err := s.eng.query(ctx, s.sql(`
+SELECT toInt64(intDiv(toInt64(toUnixTimestamp(window_start)), ?) * ?) AS bucket,
+	toFloat64(`+agg+`) AS value,
+	toUInt64(sum(count)) AS n
+FROM {db}.windows FINAL
+WHERE device = ? AND metric = ? AND window_size = ?
+	AND window_start >= toDateTime(?, 'UTC') AND window_start < toDateTime(?, 'UTC')
+GROUP BY bucket
+ORDER BY bucket`),
+		step, step, q.Device, q.Metric, uint32(size/time.Second), lo, hi)
+	if err != nil {
+		return nil, fmt.Errorf("storage: series %s/%s: %w", q.Device, q.Metric, err)
+	}
+	defer rows.Close()
+	var out []Point
+	for rows.Next() {
+		var (
+			b int64
+			p Point
+		)
+		if err := rows.Scan(&b, &p.Value, &p.Count); err != nil {
+			return nil, fmt.Errorf("storage: series %s/%s: %w", q.Device, q.Metric, err)
+		}
+		p.Time = time.Unix(b, 0).UTC()
+		out = append(out, p)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("storage: series %s/%s: %w", q.Device, q.Metric, err)
+	}
+	return out, nil
+}
+
+// Summary computes q.Aggregate of q.Metric per device over [From, To).
+//
+// Range alignment: windows are the unit of storage, so a window counts only
+// if it lies entirely inside [From, To) — no reading outside the range is
+// ever included. Summary reads the finest configured window size so the
+// range is effectively [ceil(From), floor(To)) to that size (10s by default):
+// exact when From and To are aligned to it, and otherwise short by less than
+// one window at each edge. Devices with no data in range are absent.
+func (s *Store) Summary(ctx context.Context, q SummaryQuery) ([]DeviceValue, error) {
+	agg, err := aggExpr(q.Aggregate)
+	if err != nil {
+		return nil, err
+	}
+	size := s.sizes[0]
+	lo, hi := ceilTo(q.From, size), floorTo(q.To, size)
+	if lo >= hi {
+		return nil, nil
+	}
+	args := []any{q.Metric, uint32(size / time.Second), lo, hi}
+	filter := ""
+	if len(q.Devices) > 0 {
+		filter = " AND device IN (" + strings.TrimSuffix(strings.Repeat("?, ", len(q.Devices)), ", ") + ")"
+		for _, d := range q.Devices {
+			args = append(args, d)
+		}
+	}
+	rows, err := s.eng.query(ctx, s.sql(`
+SELECT device, toFloat64(`+agg+`) AS value, toUInt64(sum(count)) AS n
+FROM {db}.windows FINAL
+WHERE metric = ? AND window_size = ?
+	AND window_start >= toDateTime(?, 'UTC') AND window_start < toDateTime(?, 'UTC')`+filter+`
+GROUP BY device
+ORDER BY device`), args...)
+	if err != nil {
+		return nil, fmt.Errorf("storage: summary %s: %w", q.Metric, err)
+	}
+	defer rows.Close()
+	var out []DeviceValue
+	for rows.Next() {
+		var v DeviceValue
+		if err := rows.Scan(&v.Device, &v.Value, &v.Count); err != nil {
+			return nil, fmt.Errorf("storage: summary %s: %w", q.Metric, err)
+		}
+		out = append(out, v)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("storage: summary %s: %w", q.Metric, err)
+	}
+	return out, nil
+}
+
+// Devices lists devices that have stored windows, sorted.
+func (s *Store) Devices(ctx context.Context) ([]string, error) {
+	return s.strings(ctx, "SELECT DISTINCT device FROM {db}.windows ORDER BY device")
+}
+
+// Metrics lists the metrics a device has stored windows for, sorted.
+func (s *Store) Metrics(ctx context.Context, device string) ([]string, error) {
+	return s.strings(ctx, "SELECT DISTINCT toString(metric) AS m FROM {db}.windows WHERE device = ? ORDER BY m", device)
+}
+
+func (s *Store) strings(ctx context.Context, q string, args ...any) ([]string, error) {
+	rows, err := s.eng.query(ctx, s.sql(q), args...)
+	if err != nil {
+		return nil, fmt.Errorf("storage: list: %w", err)
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var v string
+		if err := rows.Scan(&v); err != nil {
+			return nil, fmt.Errorf("storage: list: %w", err)
+		}
+		out = append(out, v)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("storage: list: %w", err)
+	}
+	return out, nil
+}

@@ -1,0 +1,177 @@
+package storage
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+)
+
+// DefaultRawRetention is the suggested RawRetention for flags and env.
+const DefaultRawRetention = 30 * 24 * time.Hour
+
+const dialTimeout = 10 * time.Second
+
+// Config selects and configures the engine: set exactly one of Path (chDB)
+// and ClickHouseAddr (server).
+type Config struct {
+	// Path is the chDB data directory (embedded engine). One per process.
+	Path string
+	// ClickHouseAddr lists native-protocol addresses, "host:9000".
+	ClickHouseAddr     []string
+	Username, Password string // server only
+	// Database holds the tables; created if missing. Default "iotpipe".
+	Database string
+	// RawRetention is how long raw readings are kept; 0 keeps them forever
+	// (see DefaultRawRetention). Reconciled on every Open.
+	RawRetention time.Duration
+	// WindowSizes are the window lengths the processor stores, whole
+	// seconds; Series picks among them. Default 10s and 1m.
+	WindowSizes []time.Duration
+	Logger      zerolog.Logger
+}
+
+// Store reads and writes windows and readings. Safe for concurrent use.
+type Store struct {
+	eng       engine
+	db        string // quoted database identifier
+	dbName    string
+	sizes     []time.Duration // ascending
+	retention time.Duration
+	log       zerolog.Logger
+	closeOnce sync.Once
+	closeErr  error
+}
+
+var (
+	// ErrBadStep: Series' Step (or WindowSize) does not fit the stored
+	// window sizes. Client error (HTTP 400).
+	ErrBadStep = errors.New("storage: bad step")
+	// ErrBadAggregate: unknown Aggregate. Client error (HTTP 400).
+	ErrBadAggregate = errors.New("storage: bad aggregate")
+)
+
+func (c *Config) validate() error {
+	switch {
+	case c.Path == "" && len(c.ClickHouseAddr) == 0:
+		return errors.New("storage: set Path (chDB) or ClickHouseAddr (server)")
+	case c.Path != "" && len(c.ClickHouseAddr) > 0:
+		return errors.New("storage: set only one of Path (chDB) and ClickHouseAddr (server)")
+	case c.RawRetention < 0 || c.RawRetention%time.Second != 0:
+		return fmt.Errorf("storage: RawRetention %v must be >= 0 whole seconds", c.RawRetention)
+	}
+	if c.Database == "" {
+		c.Database = "iotpipe"
+	}
+	if len(c.WindowSizes) == 0 {
+		c.WindowSizes = []time.Duration{10 * time.Second, time.Minute}
+	}
+	c.WindowSizes = slices.Clone(c.WindowSizes)
+	slices.Sort(c.WindowSizes)
+	c.WindowSizes = slices.Compact(c.WindowSizes)
+	for _, s := range c.WindowSizes {
+		if s < time.Second || s%time.Second != 0 {
+			return fmt.Errorf("storage: window size %v must be whole seconds", s)
+		}
+	}
+	return nil
+}
+
+// Open connects to the configured engine, creates the database and applies
+// pending migrations. A bad server address fails here, not on first use.
+func Open(ctx context.Context, cfg Config) (*Store, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	var (
+		eng engine
+		err error
+	)
+	if cfg.Path != "" {
+		eng, err = openChdb(cfg.Path)
+	} else {
+		eng, err = openServer(ctx, cfg)
+	}
+	if err != nil {
+		return nil, err
+	}
+	s := &Store{
+		eng:       eng,
+		db:        quoteIdent(cfg.Database),
+		dbName:    cfg.Database,
+		sizes:     cfg.WindowSizes,
+		retention: cfg.RawRetention,
+		log:       cfg.Logger.With().Str("component", "storage").Logger(),
+	}
+	if err := s.init(ctx); err != nil {
+		eng.close()
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *Store) init(ctx context.Context) error {
+	if err := s.eng.exec(ctx, s.sql("CREATE DATABASE IF NOT EXISTS {db}")); err != nil {
+		return fmt.Errorf("storage: create database %s: %w", s.dbName, err)
+	}
+	n, err := s.migrate(ctx)
+	if err != nil {
+		return err
+	}
+	if n > 0 {
+		s.log.Info().Int("applied", n).Msg("migrations applied")
+	}
+	return s.reconcileRetention(ctx)
+}
+
+// Close releases the engine (the chDB session when the last chDB Store closes).
+func (s *Store) Close() error {
+	s.closeOnce.Do(func() { s.closeErr = s.eng.close() })
+	return s.closeErr
+}
+
+// sql expands {db} to the quoted database name.
+func (s *Store) sql(q string) string { return strings.ReplaceAll(q, "{db}", s.db) }
+
+var windowCols = []string{"device", "metric", "window_size", "window_start", "count", "sum", "min", "max",
+	"first", "last", "first_at", "last_at", "version"}
+
+var readingCols = []string{"device", "metric", "ts", "value"}
+
+// WriteBatch stores windows, then readings. When it returns nil the rows are
+// committed to their tables (each INSERT is synchronous; no async inserts),
+// so the caller may commit its Kafka offsets. Windows go first so that a
+// failure never leaves readings without their aggregate; a retry re-inserts
+// both, and the ReplacingMergeTree keys make that harmless.
+func (s *Store) WriteBatch(ctx context.Context, windows []Window, readings []Reading) error {
+	for i, w := range windows {
+		if w.Size < time.Second || w.Size%time.Second != 0 {
+			return fmt.Errorf("storage: window %d (%s/%s): size %v is not whole seconds", i, w.Device, w.Metric, w.Size)
+		}
+	}
+	if len(windows) > 0 {
+		err := s.eng.insert(ctx, s.sql("{db}.windows"), windowCols, len(windows), func(i int) []any {
+			w := &windows[i]
+			return []any{w.Device, w.Metric, uint32(w.Size / time.Second), w.Start.UTC(), w.Count,
+				w.Sum, w.Min, w.Max, w.First, w.Last, w.FirstAt.UTC(), w.LastAt.UTC(), w.Version}
+		})
+		if err != nil {
+			return fmt.Errorf("storage: insert %d windows: %w", len(windows), err)
+		}
+	}
+	if len(readings) > 0 {
+		err := s.eng.insert(ctx, s.sql("{db}.readings"), readingCols, len(readings), func(i int) []any {
+			r := &readings[i]
+			return []any{r.Device, r.Metric, r.Time.UTC(), r.Value}
+		})
+		if err != nil {
+			return fmt.Errorf("storage: insert %d readings: %w", len(readings), err)
+		}
+	}
+	return nil
+}
