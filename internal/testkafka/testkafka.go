@@ -25,6 +25,8 @@ import (
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/iotpipe/iotpipe/internal/bus"
 )
 
 // EnvBrokers names the environment variable that points tests at a real
@@ -33,15 +35,7 @@ const EnvBrokers = "IOTPIPE_KAFKA_BROKERS"
 
 // Real returns the brokers from IOTPIPE_KAFKA_BROKERS, or nil when tests run
 // on kfake.
-func Real() []string {
-	var out []string
-	for _, b := range strings.Split(os.Getenv(EnvBrokers), ",") {
-		if b = strings.TrimSpace(b); b != "" {
-			out = append(out, b)
-		}
-	}
-	return out
-}
+func Real() []string { return bus.ParseBrokers(os.Getenv(EnvBrokers)) }
 
 // Seeds returns broker addresses for the test: the real cluster's when
 // IOTPIPE_KAFKA_BROKERS is set, else those of a fresh kfake cluster that is
