@@ -274,6 +274,11 @@ func (r *Registry) waitApplied(ctx context.Context, end int64) error {
 
 // WaitReady blocks until this instance applied everything that was on the
 // topic when New ran, so Get and Authenticate answer with the full registry.
+//
+// It waits for a record at the end offset minus one. Compaction never removes
+// that record, because the cleaner never touches the active segment and the
+// last record is always in it; the one way around this would be a
+// transaction marker at the end, and the registry does not use transactions.
 func (r *Registry) WaitReady(ctx context.Context) error {
 	return r.waitApplied(ctx, r.start)
 }
