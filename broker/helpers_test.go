@@ -329,3 +329,22 @@ func (c *raw) expectClosed() int {
 }
 
 func header(r *kgo.Record, k string) string { return bus.Header(r, k) }
+
+func dialTCP(t testing.TB, addr string) net.Conn {
+	t.Helper()
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+func splitAddr(t testing.TB, addr string) (string, string) {
+	t.Helper()
+	h, p, err := net.SplitHostPort(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h, p
+}
