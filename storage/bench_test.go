@@ -1,0 +1,42 @@
+package storage
+
+import (
+	"fmt"
+	"testing"
+	"time"
+)
+
+// BenchmarkWriteBatch measures WriteBatch throughput on chDB with a
+// processor-like batch: 20k readings plus their 10s windows.
+//
+//	go test ./storage -run '^$' -bench WriteBatch
+func BenchmarkWriteBatch(b *testing.B) {
+	s := openT(b, chdbKind().cfg(b))
+	ctx := ctxT(b)
+	const devices, perDevice = 100, 200 // 200 readings each, 1 per second
+	var (
+		rs []Reading
+		ws []Window
+	)
+	for d := range devices {
+		dev := fmt.Sprintf("dev-%04d", d)
+		for w := range perDevice / 10 {
+			vals := make([]float64, 10)
+			for i := range vals {
+				vals[i] = float64(d) + float64(w*10+i)*0.25
+				rs = append(rs, Reading{Device: dev, Metric: "temperature", Time: t0.Add(time.Duration(w*10+i) * time.Second), Value: vals[i]})
+			}
+			ws = append(ws, win(dev, "temperature", 10*time.Second, t0.Add(time.Duration(w)*10*time.Second), vals...))
+		}
+	}
+	b.ResetTimer()
+	for i := 0; b.Loop(); i++ {
+		for j := range ws {
+			ws[j].Version = uint64(i + 1)
+		}
+		if err := s.WriteBatch(ctx, ws, rs); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.N*(len(rs)+len(ws)))/b.Elapsed().Seconds(), "rows/s")
+}
