@@ -43,7 +43,8 @@ func (d devices) Authenticate(id string, pw []byte) error {
 	return nil
 }
 
-var testDevices = devices{"dev-1": "tok-1", "dev-2": "tok-2", "blocked": "tok-b"}
+var testDevices = devices{"dev-1": "tok-1", "dev-2": "tok-2", "dev-3": "tok-3", "dev-4": "tok-4",
+	"dev-5": "tok-5", "dev-6": "tok-6", "dev-7": "tok-7", "dev-8": "tok-8", "blocked": "tok-b"}
 
 type env struct {
 	t       *testing.T
