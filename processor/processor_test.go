@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -33,6 +32,11 @@ func TestMain(m *testing.M) {
 		}
 		defer os.RemoveAll(dir)
 		chdbDir = dir
+		defer func() {
+			if store != nil {
+				store.Close()
+			}
+		}()
 		return m.Run()
 	}()
 	os.Exit(code)
@@ -102,6 +106,22 @@ func (m *memSink) WriteBatch(_ context.Context, ws []storage.Window, _ []storage
 	return nil
 }
 
+// The chDB session is opened once per process and kept: reopening it after
+// the last Store closed crashed libchdb here. Tests use distinct devices.
+var (
+	storeOnce sync.Once
+	store     *storage.Store
+	storeErr  error
+)
+
+func sharedStore() (*storage.Store, error) {
+	storeOnce.Do(func() {
+		store, storeErr = storage.Open(context.Background(), storage.Config{Path: chdbDir,
+			Database: fmt.Sprintf("processor_test_%d", os.Getpid()), WindowSizes: sizes, Logger: zerolog.Nop()})
+	})
+	return store, storeErr
+}
+
 type lookupFn func(device, metric string, size time.Duration) map[time.Time]agg
 
 // newSink returns the real chDB store when CHDB_LIB_PATH is set, else an
@@ -125,12 +145,10 @@ func newSink(t *testing.T) (*countingSink, lookupFn) {
 			return out
 		}
 	}
-	db := strings.ToLower(strings.NewReplacer("/", "_", "-", "_").Replace(fmt.Sprintf("p%d_%s", os.Getpid(), t.Name())))
-	st, err := storage.Open(context.Background(), storage.Config{Path: chdbDir, Database: db, WindowSizes: sizes, Logger: zerolog.Nop()})
+	st, err := sharedStore()
 	if err != nil {
 		t.Fatalf("open storage: %v", err)
 	}
-	t.Cleanup(func() { st.Close() })
 	cs.Sink = st
 	return cs, func(device, metric string, size time.Duration) map[time.Time]agg {
 		out := map[time.Time]agg{}
