@@ -88,6 +88,7 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("api: listen %s: %w", cfg.Addr, err)
 	}
+	cfg.Logger = cfg.Logger.With().Str("component", "api").Logger()
 	s := &Server{cfg: cfg, ln: ln}
 	s.srv = &http.Server{
 		Handler:           s.routes(),

@@ -107,7 +107,7 @@ func New(cfg Config) (*Broker, error) {
 		// small, and larger payloads are read through the buffer anyway.
 		ClientNetReadBufferSize:  4 << 10,
 		ClientNetWriteBufferSize: 2 << 10,
-		Logger:                   slog.New(zerolog.NewSlogHandler(log.With().Str("component", "mochi").Logger())),
+		Logger:                   slog.New(zerolog.NewSlogHandler(log.With().Str("source", "mochi").Logger())),
 		SysTopicResendInterval:   3600, // nobody may read $SYS anyway (ACL)
 	})
 

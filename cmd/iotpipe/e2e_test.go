@@ -1,14 +1,16 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"math"
+	"sort"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/iotpipe/iotpipe/api"
 )
@@ -60,6 +62,39 @@ func publishAll(t *testing.T, p *pipeline, tokens map[string]string, lines map[s
 	}
 }
 
+// publishInOrder publishes every reading pair in event-time order across the
+// fleet, one Paho connection per device, each QoS 1 publish awaiting its
+// PUBACK. Devices share partitions, whose watermark is the maximum event time
+// seen, so a fleet replaying history must send it in time order, as live
+// devices do.
+func publishInOrder(t *testing.T, p *pipeline, tokens map[string]string, rs []reading) {
+	t.Helper()
+	clients := map[string]mqtt.Client{}
+	for dev, tok := range tokens {
+		opts := mqtt.NewClientOptions().AddBroker(fmt.Sprintf("tcp://127.0.0.1:%d", p.mqttPort)).
+			SetClientID(dev).SetUsername(dev).SetPassword(tok).SetProtocolVersion(4).SetAutoReconnect(false)
+		c := mqtt.NewClient(opts)
+		if tk := c.Connect(); !tk.WaitTimeout(10*time.Second) || tk.Error() != nil {
+			t.Fatalf("connect %s: %v", dev, tk.Error())
+		}
+		defer c.Disconnect(100)
+		clients[dev] = c
+	}
+	pairs := make([][2]reading, 0, len(rs)/2)
+	for i := 0; i+1 < len(rs); i += 2 {
+		pairs = append(pairs, [2]reading{rs[i], rs[i+1]})
+	}
+	sort.SliceStable(pairs, func(i, j int) bool { return pairs[i][0].at.Before(pairs[j][0].at) })
+	for _, pr := range pairs {
+		tm, h := pr[0], pr[1]
+		msg := fmt.Sprintf(`{"ts": %d, "temperature": %v, "humidity": %v}`, tm.at.UnixMilli(), tm.value, h.value)
+		tk := clients[tm.device].Publish("/devices/"+tm.device+"/events", 1, false, msg)
+		if !tk.WaitTimeout(10*time.Second) || tk.Error() != nil {
+			t.Fatalf("publish %s: %v", tm.device, tk.Error())
+		}
+	}
+}
+
 func waitAll(t *testing.T, cl *api.Client, rs []reading, from, to time.Time) {
 	t.Helper()
 	counts := map[[2]string]uint64{}
@@ -83,7 +118,7 @@ func TestEndToEnd(t *testing.T) {
 	// windows hold 2 or 3 readings and 1 min windows about 17.
 	base := time.Now().UTC().Truncate(time.Minute).Add(-6 * time.Minute)
 	rs := fleetReadings(devices, base, 52, 3500*time.Millisecond)
-	publishAll(t, p, tokens, payloads(rs))
+	publishInOrder(t, p, tokens, rs)
 
 	cl := p.client()
 	from, to := base.Add(-time.Minute), base.Add(5*time.Minute)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"math"
 	"net"
 	"net/http"
@@ -18,7 +19,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kgo"
+
 	"github.com/iotpipe/iotpipe/api"
+	"github.com/iotpipe/iotpipe/internal/bus"
 	"github.com/iotpipe/iotpipe/internal/testkafka"
 )
 
@@ -98,6 +102,8 @@ type pipeline struct {
 	t        *testing.T
 	dataDir  string
 	kafkaArg []string
+	seeds    []string
+	topics   bus.Topics
 	mqttPort int
 	apiURL   string
 	cmd      *exec.Cmd
@@ -110,20 +116,28 @@ type pipeline struct {
 func newPipeline(t *testing.T) *pipeline {
 	requireTools(t)
 	p := &pipeline{t: t, dataDir: t.TempDir()}
+	p.topics = bus.TopicNames(bus.DefaultPrefix)
 	if seeds := testkafka.Real(); len(seeds) > 0 {
 		prefix := testkafka.Prefix(t)
+		p.seeds, p.topics = seeds, bus.TopicNames(prefix)
 		p.kafkaArg = []string{"--kafka-brokers", strings.Join(seeds, ","), "--topic-prefix", prefix,
 			"--consumer-group", prefix + "processor", "--partitions", "3"}
 	} else {
-		p.kafkaArg = []string{"--embedded-kafka-addr", fmt.Sprintf("127.0.0.1:%d", freePort(t))}
+		addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+		p.seeds = []string{addr}
+		p.kafkaArg = []string{"--embedded-kafka-addr", addr}
 	}
 	t.Cleanup(func() {
+		if t.Failed() && p.logs != nil {
+			t.Logf("iotpipe metrics:\n%s", p.metrics())
+			for _, r := range p.deadLetters(t, 0) {
+				t.Logf("dead letter %s: %s %s", bus.Header(r, bus.HeaderReason), bus.Header(r, bus.HeaderDetail), r.Value)
+			}
+			t.Logf("iotpipe run output:\n%s", tail(p.logs.String(), 60))
+		}
 		if p.cmd != nil && p.cmd.ProcessState == nil {
 			_ = p.cmd.Process.Kill()
 			<-p.exited
-		}
-		if t.Failed() && p.logs != nil {
-			t.Logf("iotpipe run output:\n%s", tail(p.logs.String(), 60))
 		}
 	})
 	return p
@@ -144,9 +158,9 @@ func (p *pipeline) start(extra ...string) {
 	p.mqttPort = freePort(t)
 	httpPort := freePort(t)
 	p.apiURL = fmt.Sprintf("http://127.0.0.1:%d", httpPort)
-	args := append([]string{"run", "--data-dir", p.dataDir, "--log-format", "json",
+	args := append([]string{"run", "--data-dir", p.dataDir, "--log-format", "json", "--log-level", "debug",
 		"--mqtt-addr", fmt.Sprintf("127.0.0.1:%d", p.mqttPort), "--http-addr", fmt.Sprintf("127.0.0.1:%d", httpPort),
-		"--idle-timeout", "2s", "--allowed-lateness", "2s"}, p.kafkaArg...)
+		"--idle-timeout", "3s", "--allowed-lateness", "2s"}, p.kafkaArg...)
 	args = append(args, extra...)
 	p.logs = &syncBuffer{}
 	p.cmd = exec.Command(binary, args...)
@@ -176,6 +190,46 @@ func (p *pipeline) start(extra ...string) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// deadLetters reads the dead-letter topic until it holds at least n records
+// (n = 0: whatever is there now).
+func (p *pipeline) deadLetters(t *testing.T, n int) []*kgo.Record {
+	cl, err := kgo.NewClient(kgo.SeedBrokers(p.seeds...), kgo.ConsumeTopics(p.topics.DeadLetter),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	if err != nil {
+		t.Errorf("dead-letter consumer: %v", err)
+		return nil
+	}
+	defer cl.Close()
+	var out []*kgo.Record
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		fs := cl.PollFetches(ctx)
+		cancel()
+		out = append(out, fs.Records()...)
+		if (n == 0 && len(fs.Records()) == 0) || (n > 0 && len(out) >= n) || time.Now().After(deadline) {
+			return out
+		}
+	}
+}
+
+// metrics returns the pipeline's own iotpipe_* metrics, for failure reports.
+func (p *pipeline) metrics() string {
+	resp, err := http.Get(p.apiURL + "/metrics")
+	if err != nil {
+		return err.Error()
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	var out []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(l, "iotpipe_") && !strings.Contains(l, "_bucket") {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
 }
 
 // stop sends SIGTERM and requires a clean exit.

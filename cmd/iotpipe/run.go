@@ -111,10 +111,6 @@ func startEmbeddedKafka(dir, addr string) (*kfake.Cluster, error) {
 	return cl, nil
 }
 
-func (e *env) component(name string) zerolog.Logger {
-	return e.log.With().Str("component", name).Logger()
-}
-
 func (e *env) openStore(ctx context.Context) (*storage.Store, error) {
 	o := e.o
 	cfg := storage.Config{
@@ -124,7 +120,7 @@ func (e *env) openStore(ctx context.Context) (*storage.Store, error) {
 		Password:       o.clickhousePassword,
 		RawRetention:   o.rawRetention,
 		WindowSizes:    o.windowSizes,
-		Logger:         e.component("storage"),
+		Logger:         e.log,
 	}
 	if len(cfg.ClickHouseAddr) == 0 {
 		cfg.Path = o.path("chdb")
@@ -142,7 +138,7 @@ func (e *env) openStore(ctx context.Context) (*storage.Store, error) {
 }
 
 func (e *env) newRegistry() (*registry.Registry, error) {
-	return registry.New(registry.Config{Kafka: e.kafka, Topic: e.topics.Registry, Logger: e.component("registry")})
+	return registry.New(registry.Config{Kafka: e.kafka, Topic: e.topics.Registry, Logger: e.log})
 }
 
 func (e *env) newAPI(reg *registry.Registry, st *storage.Store, ready func(context.Context) error) (*api.Server, error) {
@@ -152,7 +148,7 @@ func (e *env) newAPI(reg *registry.Registry, st *storage.Store, ready func(conte
 	}
 	return api.New(api.Config{
 		Addr: e.o.httpAddr, Registry: reg, Store: st, AdminToken: tok, WindowSizes: e.o.windowSizes,
-		Ready: ready, Gatherer: e.metrics, Logger: e.component("api"),
+		Ready: ready, Gatherer: e.metrics, Logger: e.log,
 	})
 }
 
@@ -160,21 +156,21 @@ func (e *env) newProcessor(st *storage.Store) (*processor.Processor, error) {
 	return processor.New(processor.Config{
 		Kafka: e.kafka, Topics: e.topics, Group: e.o.group, WindowSizes: e.o.windowSizes,
 		AllowedLateness: e.o.lateness, IdleTimeout: e.o.idleTimeout, Sink: st,
-		Logger: e.component("processor"), Metrics: e.metrics,
+		Logger: e.log, Metrics: e.metrics,
 	})
 }
 
 // newBroker builds the ingest forwarder and the MQTT broker in front of it.
 func (e *env) newBroker(reg *registry.Registry) (*broker.Broker, *ingest.Forwarder, error) {
 	fwd, err := ingest.New(ingest.Config{
-		Kafka: e.kafka, Topic: e.topics.Telemetry, Logger: e.component("ingest"), Metrics: e.metrics,
+		Kafka: e.kafka, Topic: e.topics.Telemetry, Logger: e.log, Metrics: e.metrics,
 	})
 	if err != nil {
 		return nil, nil, err
 	}
 	br, err := broker.New(broker.Config{
 		TCPAddr: e.o.mqttAddr, Auth: reg, Forwarder: fwd, MaxInflightPerClient: e.o.maxInflight,
-		MaxPayloadBytes: e.o.maxPayload, Logger: e.component("broker"), Metrics: e.metrics,
+		MaxPayloadBytes: e.o.maxPayload, Logger: e.log, Metrics: e.metrics,
 	})
 	if err != nil {
 		closeForwarder(fwd, e.log)
