@@ -196,7 +196,13 @@ func (p *Processor) Run(ctx context.Context) error {
 		p.mu.Lock()
 		err := p.fatal
 		if err == nil {
-			fs.EachPartition(func(ft kgo.FetchTopicPartition) { err = errors.Join(err, p.process(ctx, ft)) })
+			fs.EachPartition(func(ft kgo.FetchTopicPartition) {
+				// A poll that ends by its deadline reports the context error
+				// as partition -1 of topic "": no partition to process.
+				if ft.Topic == p.cfg.Topics.Telemetry && ft.Partition >= 0 {
+					err = errors.Join(err, p.process(ctx, ft))
+				}
+			})
 		}
 		if err == nil {
 			err = p.maybeFlush(ctx, false)

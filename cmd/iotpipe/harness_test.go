@@ -135,6 +135,9 @@ func newPipeline(t *testing.T) *pipeline {
 			}
 			t.Logf("iotpipe run output:\n%s", tail(p.logs.String(), 60))
 		}
+		if os.Getenv("IOTPIPE_TEST_LOGS") != "" && p.logs != nil {
+			t.Logf("iotpipe run output:\n%s", p.logs.String())
+		}
 		if p.cmd != nil && p.cmd.ProcessState == nil {
 			_ = p.cmd.Process.Kill()
 			<-p.exited
