@@ -98,6 +98,7 @@ type device struct {
 	mu        sync.Mutex
 	sensor    *Sensor
 	k         int64       // messages published so far
+	lastMs    int64       // event time of the last payload, Unix ms
 	timer     *time.Timer // reused for pacing
 	lost      atomic.Bool
 	warnedErr atomic.Bool
@@ -293,7 +294,12 @@ func (r *runner) publishNext(sendCtx context.Context, d *device) (mqtt.Token, ti
 	}
 	// Millisecond time, as in the payload, so the sensor can be replayed
 	// from what the broker received.
-	ts := time.UnixMilli(time.Now().UnixMilli())
+	// A reading is identified by device, metric and event time, so two
+	// readings of one device in the same millisecond would count once: above
+	// 1000 msg/s per device the clock is nudged forward instead.
+	ms := max(time.Now().UnixMilli(), d.lastMs+1)
+	d.lastMs = ms
+	ts := time.UnixMilli(ms)
 	payload := appendPayload(make([]byte, 0, 64), d.sensor.Next(ts))
 	t0 := time.Now()
 	tok := d.client.Publish(d.topic, r.cfg.QoS, false, payload)

@@ -177,8 +177,13 @@ func TestRunDeliversFleet(t *testing.T) {
 				t.Fatalf("device %s message %d: %.2f °C %.1f %%, sensor predicts %.2f °C %.1f %%",
 					d.ID, i, *p.Temperature, *p.Humidity, want.Temperature, want.Humidity)
 			}
-			if now := time.Now().UnixMilli(); *p.TS > now || *p.TS < now-60_000 {
+			// Publish time, nudged at most one millisecond per message ahead
+			// so a device's event times stay unique.
+			if now := time.Now().UnixMilli(); *p.TS > now+int64(perDevice) || *p.TS < now-60_000 {
 				t.Fatalf("ts %d is not the publish time", *p.TS)
+			}
+			if i > 0 && *p.TS <= *got[i-1].TS {
+				t.Fatalf("device %s message %d: ts %d not after the previous %d", d.ID, i, *p.TS, *got[i-1].TS)
 			}
 		}
 	}
