@@ -22,6 +22,7 @@ import (
 
 	"github.com/iotpipe/iotpipe/ingest"
 	"github.com/iotpipe/iotpipe/internal/bus"
+	"github.com/iotpipe/iotpipe/internal/testkafka"
 	"github.com/iotpipe/iotpipe/registry"
 )
 
@@ -143,23 +144,7 @@ func (e *env) metric(name string, labels ...string) float64 {
 // records consumes the telemetry topic from the start until n records are read.
 func (e *env) records(t testing.TB, n int) []*kgo.Record {
 	t.Helper()
-	cl, err := kgo.NewClient(kgo.SeedBrokers(e.kafka.ListenAddrs()...), kgo.ConsumeTopics(testTopic),
-		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-	defer cancel()
-	var out []*kgo.Record
-	for len(out) < n {
-		fs := cl.PollFetches(ctx)
-		if ctx.Err() != nil {
-			t.Fatalf("consumed %d of %d records", len(out), n)
-		}
-		out = append(out, fs.Records()...)
-	}
-	return out
+	return testkafka.Consume(t, e.kafka.ListenAddrs(), testTopic, n, 15*time.Second)
 }
 
 // eventually polls cond until it holds or 10 s pass.

@@ -15,6 +15,7 @@ import (
 
 	"github.com/iotpipe/iotpipe/ingest"
 	"github.com/iotpipe/iotpipe/internal/bus"
+	"github.com/iotpipe/iotpipe/internal/testkafka"
 )
 
 const topic = "iot.telemetry"
@@ -51,23 +52,7 @@ func newForwarder(t *testing.T, c *kfake.Cluster, mod func(*ingest.Config)) (*in
 
 func consume(t *testing.T, c *kfake.Cluster, n int) []*kgo.Record {
 	t.Helper()
-	cl, err := kgo.NewClient(kgo.SeedBrokers(c.ListenAddrs()...), kgo.ConsumeTopics(topic),
-		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	var out []*kgo.Record
-	for len(out) < n {
-		fs := cl.PollFetches(ctx)
-		if err := ctx.Err(); err != nil {
-			t.Fatalf("consumed %d of %d records: %v", len(out), n, err)
-		}
-		out = append(out, fs.Records()...)
-	}
-	return out
+	return testkafka.Consume(t, c.ListenAddrs(), topic, n, 10*time.Second)
 }
 
 func TestNewValidates(t *testing.T) {

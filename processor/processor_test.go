@@ -312,13 +312,7 @@ func TestDeadLetters(t *testing.T) {
 		offset int
 	}{{bad[0], ReasonMalformedJSON, 0}, {bad[1], ReasonNoNumericValues, 1}, {bad[2], ReasonBadTimestamp, 2},
 		{bad[3], ReasonMissingDevice, 3}, {late, ReasonTooLate, 6}}
-	cons := testkafka.Client(t, e.seeds, kgo.ConsumeTopics(e.topics.DeadLetter), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
-	var got []*kgo.Record
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	for len(got) < len(want) && ctx.Err() == nil {
-		got = append(got, cons.PollFetches(ctx).Records()...)
-	}
+	got := testkafka.Consume(t, e.seeds, e.topics.DeadLetter, len(want), 20*time.Second)
 	if len(got) != len(want) {
 		t.Fatalf("%d dead letters, want %d", len(got), len(want))
 	}

@@ -198,24 +198,7 @@ func (p *pipeline) start(extra ...string) {
 // deadLetters reads the dead-letter topic until it holds at least n records
 // (n = 0: whatever is there now).
 func (p *pipeline) deadLetters(t *testing.T, n int) []*kgo.Record {
-	cl, err := kgo.NewClient(kgo.SeedBrokers(p.seeds...), kgo.ConsumeTopics(p.topics.DeadLetter),
-		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
-	if err != nil {
-		t.Errorf("dead-letter consumer: %v", err)
-		return nil
-	}
-	defer cl.Close()
-	var out []*kgo.Record
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		fs := cl.PollFetches(ctx)
-		cancel()
-		out = append(out, fs.Records()...)
-		if (n == 0 && len(fs.Records()) == 0) || (n > 0 && len(out) >= n) || time.Now().After(deadline) {
-			return out
-		}
-	}
+	return testkafka.Consume(t, p.seeds, p.topics.DeadLetter, n, 30*time.Second)
 }
 
 // metrics returns the pipeline's own iotpipe_* metrics, for failure reports.
@@ -325,17 +308,20 @@ func expected(rs []reading, size time.Duration) map[winKey]agg {
 	out := map[winKey]agg{}
 	for _, r := range rs {
 		k := winKey{r.device, r.metric, r.at.Truncate(size).UTC()}
-		a, ok := out[k]
-		if !ok {
-			a = agg{min: math.Inf(1), max: math.Inf(-1)}
-		}
-		a.count++
-		a.sum += r.value
-		a.min = math.Min(a.min, r.value)
-		a.max = math.Max(a.max, r.value)
-		out[k] = a
+		out[k] = out[k].add(r.value)
 	}
 	return out
+}
+
+func (a agg) add(v float64) agg {
+	if a.count == 0 {
+		a.min, a.max = v, v
+	}
+	a.count++
+	a.sum += v
+	a.min = math.Min(a.min, v)
+	a.max = math.Max(a.max, v)
+	return a
 }
 
 func (a agg) value(aggregate string) float64 {
@@ -430,15 +416,7 @@ func summaries(rs []reading, metric, aggregate string) map[string]float64 {
 		if r.metric != metric {
 			continue
 		}
-		a, ok := per[r.device]
-		if !ok {
-			a = agg{min: math.Inf(1), max: math.Inf(-1)}
-		}
-		a.count++
-		a.sum += r.value
-		a.min = math.Min(a.min, r.value)
-		a.max = math.Max(a.max, r.value)
-		per[r.device] = a
+		per[r.device] = per[r.device].add(r.value)
 	}
 	out := map[string]float64{}
 	for d, a := range per {

@@ -96,6 +96,11 @@ func (o *options) addAPI(fs *flag.FlagSet) {
 	fs.StringVar(&o.adminToken, "admin-token", "", "API admin bearer token (empty: generated once and kept in <data-dir>/admin-token)")
 }
 
+// addOps is the health and metrics listener of subcommands without the API.
+func (o *options) addOps(fs *flag.FlagSet, def string) {
+	fs.StringVar(&o.httpAddr, "http-addr", def, "listen address for /healthz, /readyz and /metrics")
+}
+
 func (o *options) logger(stderr io.Writer) (zerolog.Logger, error) {
 	return logging.New(stderr, o.logLevel, logging.Format(o.logFormat))
 }

@@ -2,7 +2,7 @@ package main
 
 import (
 	"context"
-	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -192,19 +192,33 @@ func registryStage(reg *registry.Registry) stage {
 	return stage{"registry", reg.Run}
 }
 
-func runAll(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+// setup parses a server subcommand's flags (common and Kafka ones, plus what
+// add registers) and builds its env. Only `run` embeds Kafka and ClickHouse;
+// the scale-out subcommands that store need a ClickHouse server, because chDB
+// allows one process per data directory.
+func setup(ctx context.Context, name string, args []string, stderr io.Writer, add func(*options, *flag.FlagSet)) (*env, error) {
+	embedded := name == "run"
 	o := defaultOptions()
-	fs := newFlagSet("run", stderr)
+	fs := newFlagSet(name, stderr)
 	o.addCommon(fs)
-	o.addKafka(fs, true)
-	o.addStorage(fs, true)
-	o.addProcessor(fs)
-	o.addBroker(fs)
-	o.addAPI(fs)
+	o.addKafka(fs, embedded)
+	add(o, fs)
 	if err := parse(fs, args); err != nil {
-		return err
+		return nil, err
 	}
-	e, err := newEnv(ctx, o, stderr, "run", true)
+	if !embedded && fs.Lookup("clickhouse-addr") != nil && strings.TrimSpace(o.clickhouseAddr) == "" {
+		return nil, fmt.Errorf("--clickhouse-addr is required for `iotpipe %s` (the embedded engine lives in `iotpipe run`)", name)
+	}
+	return newEnv(ctx, o, stderr, name, embedded)
+}
+
+func runAll(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	e, err := setup(ctx, "run", args, stderr, func(o *options, fs *flag.FlagSet) {
+		o.addStorage(fs, true)
+		o.addProcessor(fs)
+		o.addBroker(fs)
+		o.addAPI(fs)
+	})
 	if err != nil {
 		return err
 	}
@@ -231,7 +245,7 @@ func runAll(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		closeForwarder(fwd, e.log)
 		return err
 	}
-	e.log.Info().Str("mqtt", br.Addr()).Str("http", srv.Addr()).Str("data_dir", o.dataDir).
+	e.log.Info().Str("mqtt", br.Addr()).Str("http", srv.Addr()).Str("data_dir", e.o.dataDir).
 		Msg("iotpipe running; create a device with `iotpipe devices create <id>`")
 	return runGroups(ctx, e.log, []group{
 		// The broker goes first so no message is taken after ingest is flushed.
@@ -242,16 +256,10 @@ func runAll(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 }
 
 func runBroker(ctx context.Context, args []string, _, stderr io.Writer) error {
-	o := defaultOptions()
-	fs := newFlagSet("broker", stderr)
-	o.addCommon(fs)
-	o.addKafka(fs, false)
-	o.addBroker(fs)
-	fs.StringVar(&o.httpAddr, "http-addr", ":8081", "listen address for /healthz, /readyz and /metrics")
-	if err := parse(fs, args); err != nil {
-		return err
-	}
-	e, err := newEnv(ctx, o, stderr, "broker", false)
+	e, err := setup(ctx, "broker", args, stderr, func(o *options, fs *flag.FlagSet) {
+		o.addBroker(fs)
+		o.addOps(fs, ":8081")
+	})
 	if err != nil {
 		return err
 	}
@@ -264,7 +272,7 @@ func runBroker(ctx context.Context, args []string, _, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	ops, err := newOpsServer(o.httpAddr, e.metrics, reg.WaitReady)
+	ops, err := newOpsServer(e.o.httpAddr, e.metrics, reg.WaitReady)
 	if err != nil {
 		closeForwarder(fwd, e.log)
 		return err
@@ -276,20 +284,11 @@ func runBroker(ctx context.Context, args []string, _, stderr io.Writer) error {
 }
 
 func runProcessor(ctx context.Context, args []string, _, stderr io.Writer) error {
-	o := defaultOptions()
-	fs := newFlagSet("processor", stderr)
-	o.addCommon(fs)
-	o.addKafka(fs, false)
-	o.addStorage(fs, false)
-	o.addProcessor(fs)
-	fs.StringVar(&o.httpAddr, "http-addr", ":8082", "listen address for /healthz, /readyz and /metrics")
-	if err := parse(fs, args); err != nil {
-		return err
-	}
-	if strings.TrimSpace(o.clickhouseAddr) == "" {
-		return errors.New("--clickhouse-addr is required for `iotpipe processor` (the embedded engine lives in `iotpipe run`)")
-	}
-	e, err := newEnv(ctx, o, stderr, "processor", false)
+	e, err := setup(ctx, "processor", args, stderr, func(o *options, fs *flag.FlagSet) {
+		o.addStorage(fs, false)
+		o.addProcessor(fs)
+		o.addOps(fs, ":8082")
+	})
 	if err != nil {
 		return err
 	}
@@ -302,7 +301,7 @@ func runProcessor(ctx context.Context, args []string, _, stderr io.Writer) error
 	if err != nil {
 		return err
 	}
-	ops, err := newOpsServer(o.httpAddr, e.metrics, nil)
+	ops, err := newOpsServer(e.o.httpAddr, e.metrics, nil)
 	if err != nil {
 		return err
 	}
@@ -310,19 +309,10 @@ func runProcessor(ctx context.Context, args []string, _, stderr io.Writer) error
 }
 
 func runAPI(ctx context.Context, args []string, _, stderr io.Writer) error {
-	o := defaultOptions()
-	fs := newFlagSet("api", stderr)
-	o.addCommon(fs)
-	o.addKafka(fs, false)
-	o.addStorage(fs, false)
-	o.addAPI(fs)
-	if err := parse(fs, args); err != nil {
-		return err
-	}
-	if strings.TrimSpace(o.clickhouseAddr) == "" {
-		return errors.New("--clickhouse-addr is required for `iotpipe api` (the embedded engine lives in `iotpipe run`)")
-	}
-	e, err := newEnv(ctx, o, stderr, "api", false)
+	e, err := setup(ctx, "api", args, stderr, func(o *options, fs *flag.FlagSet) {
+		o.addStorage(fs, false)
+		o.addAPI(fs)
+	})
 	if err != nil {
 		return err
 	}

@@ -152,3 +152,26 @@ func Eventually(t testing.TB, timeout time.Duration, msg string, cond func() boo
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// Consume reads topic from its start until at least n records arrived and
+// returns them, failing the test after timeout. With n = 0 it returns what
+// the topic holds once a one-second poll brings nothing more.
+func Consume(t testing.TB, seeds []string, topic string, n int, timeout time.Duration) []*kgo.Record {
+	t.Helper()
+	cl := Client(t, seeds, kgo.ConsumeTopics(topic), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	defer cl.Close()
+	deadline := time.Now().Add(timeout)
+	var out []*kgo.Record
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		got := cl.PollFetches(ctx).Records()
+		cancel()
+		out = append(out, got...)
+		switch {
+		case n > 0 && len(out) >= n, n == 0 && len(got) == 0:
+			return out
+		case time.Now().After(deadline):
+			t.Fatalf("consumed %d of %d records of %s in %v", len(out), n, topic, timeout)
+		}
+	}
+}
