@@ -65,7 +65,7 @@ func TestExitCodes(t *testing.T) {
 		{[]string{"help"}, 0},
 		{[]string{"version"}, 0},
 		{[]string{"run", "--no-such-flag"}, 2},
-		{[]string{"processor"}, 1}, // needs --clickhouse-addr
+		{[]string{"api"}, 1}, // needs --clickhouse-addr
 		{[]string{"query", "--analysis", "temperature"}, 1},
 	}
 	for _, c := range cases {

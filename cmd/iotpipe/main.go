@@ -35,7 +35,7 @@ func commands() []command {
 		{"run", "run the whole pipeline in one process (embedded Kafka and ClickHouse by default)", runAll},
 		{"broker", "run only the MQTT broker and ingest (scale-out; needs --kafka-brokers)", runBroker},
 		{"processor", "run only the stream processor (scale-out; needs --kafka-brokers)", runProcessor},
-		{"api", "run only the HTTP API (scale-out; needs --kafka-brokers)", runAPI},
+		{"api", "run only the HTTP API (scale-out; needs --kafka-brokers and --clickhouse-addr)", runAPI},
 		{"devices", "manage devices through the API: create, list, get, delete", runDevices},
 		{"simulate", "simulate a device fleet publishing temperature and humidity (load generator)", runSimulate},
 		{"query", "print windowed analysis (default: mean temperature, max humidity per device)", runQuery},

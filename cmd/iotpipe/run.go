@@ -206,7 +206,10 @@ func setup(ctx context.Context, name string, args []string, stderr io.Writer, ad
 	if err := parse(fs, args); err != nil {
 		return nil, err
 	}
-	if !embedded && fs.Lookup("clickhouse-addr") != nil && strings.TrimSpace(o.clickhouseAddr) == "" {
+	// A lone processor may keep its windows in its own embedded engine (one
+	// process per data directory); the API must read what processors wrote,
+	// so it needs the shared server.
+	if name == "api" && strings.TrimSpace(o.clickhouseAddr) == "" {
 		return nil, fmt.Errorf("--clickhouse-addr is required for `iotpipe %s` (the embedded engine lives in `iotpipe run`)", name)
 	}
 	return newEnv(ctx, o, stderr, name, embedded)
@@ -285,7 +288,7 @@ func runBroker(ctx context.Context, args []string, _, stderr io.Writer) error {
 
 func runProcessor(ctx context.Context, args []string, _, stderr io.Writer) error {
 	e, err := setup(ctx, "processor", args, stderr, func(o *options, fs *flag.FlagSet) {
-		o.addStorage(fs, false)
+		o.addStorage(fs, true)
 		o.addProcessor(fs)
 		o.addOps(fs, ":8082")
 	})
