@@ -21,6 +21,22 @@
 // with the same identity in an open window is not counted again (the first,
 // in offset order, wins).
 //
+// A record's readings usually share its event time; a SenML pack gives each
+// reading its own (Value.Time). Every reading of a record is decided against
+// the watermark as it stood before the record, and only then does the
+// record's newest event time raise the watermark, so a record's outcome does
+// not depend on the order of its values.
+//
+// # State
+//
+// Open windows are kept per series (device × metric, one map entry) as a
+// short linked list of windows of every size. Each window holds its
+// aggregates and the exact set of event times it counted (for the dedupe),
+// encoded as runs of equal gaps (see seen): readings in event-time order
+// cost O(1) and, at a regular cadence, no memory; out-of-order readings are
+// exact but slower. StateBytes reports an accounted estimate of this
+// memory, about 200 bytes per open window at one reading per second.
+//
 // # Exactly-once window results
 //
 // The caller stores final windows and raw readings, and only after the store
@@ -45,7 +61,8 @@
 //     for a record at offset o in [Offset, Next) the original watermark was
 //     ≤ W and the replayed one is exactly W (W already covers those records'
 //     event times), and for o ≥ Next both are max(W, max event time in
-//     [Next, o] − lateness). So every window with end > W accepts exactly the
+//     [Next, o] − lateness), a record's event time being its newest
+//     reading's. So every window with end > W accepts exactly the
 //     same readings in both runs (accepted in [Offset, Next) since end > W ≥
 //     original watermark), closes at the same record, and has the same
 //     content. Its Version is 1 + the highest contributing offset, so an
@@ -74,6 +91,7 @@ import (
 	"math"
 	"slices"
 	"time"
+	"unsafe"
 )
 
 // Config configures an Engine.
@@ -90,14 +108,17 @@ type Config struct {
 	Clock func() time.Time
 }
 
-// Value is one metric's numeric value within a Record.
+// Value is one reading within a Record.
 type Value struct {
 	Metric string
 	Value  float64
+	// Time is this reading's event time; the zero Time means the Record's.
+	// A SenML pack carries readings at several times in one record.
+	Time time.Time
 }
 
-// Record is one decoded Kafka record: every value shares the device and the
-// event time.
+// Record is one decoded Kafka record: every value shares the device, and the
+// event time unless the value has its own.
 type Record struct {
 	Offset int64
 	Device string
@@ -152,19 +173,26 @@ type Outcome struct {
 
 const noWatermark = math.MinInt64
 
-type key struct {
-	device, metric string
-	size, start    int64
+// skey names a series: one device's metric.
+type skey struct{ device, metric string }
+
+// series holds the open windows (of every size) of one device × metric.
+type series struct {
+	skey
+	wins *win // linked through win.next
 }
 
-type state struct {
-	key
+// win is one open window's state.
+type win struct {
+	s                 *series
+	next              *win // the series' next open window
+	start             int64
 	count             uint64
 	sum, min, max     float64
 	first, last       float64
 	firstAt, lastAt   int64
 	firstOff, lastOff int64
-	seen              map[int64]struct{}
+	seen              seen // event times counted, for the dedupe
 }
 
 // Engine aggregates one partition's records. It is not safe for concurrent use.
@@ -180,12 +208,21 @@ type Engine struct {
 	next0     int64 // Next of the restored checkpoint
 	lastSeen  time.Time
 
-	open  map[key]*state
-	ends  endHeap
-	byEnd map[int64][]*state
-	final []Window
+	series map[skey]*series
+	nOpen  int
+	ends   endHeap
+	byEnd  map[int64][]*win
+	final  []Window
+
+	// recycled allocations: closed windows, empty series, end buckets
+	freeWins   []*win
+	freeSeries []*series
+	freeBucket [][]*win
+	seenBytes  int // Σ seen.bytes() over open windows
+	scratch    []int64
 
 	tooLate []time.Duration
+	late    uint64 // bit i: sizes[i] was too late for the current record (≤ 64 sizes)
 	counted []bool
 }
 
@@ -196,6 +233,9 @@ func New(cfg Config, from Checkpoint) (*Engine, error) {
 	if len(cfg.Sizes) == 0 {
 		return nil, errors.New("window: no sizes")
 	}
+	if len(cfg.Sizes) > 64 {
+		return nil, errors.New("window: more than 64 sizes") // Engine.late is a bit set
+	}
 	e := &Engine{
 		lateness:  int64(cfg.AllowedLateness),
 		idle:      cfg.IdleTimeout,
@@ -204,8 +244,8 @@ func New(cfg Config, from Checkpoint) (*Engine, error) {
 		maxEvent:  noWatermark,
 		position:  from.Offset,
 		next0:     from.Next,
-		open:      make(map[key]*state),
-		byEnd:     make(map[int64][]*state),
+		series:    make(map[skey]*series),
+		byEnd:     make(map[int64][]*win),
 	}
 	if cfg.AllowedLateness < 0 {
 		return nil, errors.New("window: negative allowed lateness")
@@ -241,39 +281,84 @@ func align(t, size int64) int64 {
 	return t - r
 }
 
-// Add feeds one record. Records must come in offset order.
+// Add feeds one record. Records must come in offset order. Each value is
+// decided against the watermark as it was before the record; the record's
+// newest event time then raises the watermark.
 func (e *Engine) Add(r Record) Outcome {
-	t := r.Time.UnixNano()
+	rt := r.Time.UnixNano()
 	replayed := r.Offset < e.next0
 	e.tooLate = e.tooLate[:0]
+	e.late = 0
 	e.counted = slices.Grow(e.counted[:0], len(r.Values))[:len(r.Values)]
 	clear(e.counted)
-	for _, size := range e.sizes {
-		start := align(t, size)
-		end := start + size
-		if end <= e.watermark {
-			// Replayed: the window was stored (or the reading dead-lettered)
-			// before the checkpoint, so this is not news.
-			if !replayed {
-				e.tooLate = append(e.tooLate, time.Duration(size))
-			}
-			continue
+	newest := int64(noWatermark)
+	var cur *series
+	for i := range r.Values {
+		v := &r.Values[i]
+		t := rt
+		if !v.Time.IsZero() {
+			t = v.Time.UnixNano()
 		}
-		for i, v := range r.Values {
-			if e.add(key{r.Device, v.Metric, size, start}, t, v.Value, r.Offset) {
+		newest = max(newest, t)
+		if cur == nil || cur.metric != v.Metric {
+			cur = nil // looked up on the first size that is not too late
+		}
+		for j, size := range e.sizes {
+			start := align(t, size)
+			if start+size <= e.watermark {
+				// Replayed: the window was stored (or the reading dead-lettered)
+				// before the checkpoint, so this is not news.
+				if !replayed {
+					e.late |= 1 << j
+				}
+				continue
+			}
+			if cur == nil {
+				cur = e.seriesFor(r.Device, v.Metric)
+			}
+			if e.add(cur, uint8(j), size, start, t, v.Value, r.Offset) {
 				e.counted[i] = true
 			}
 		}
 	}
-	if t > e.maxEvent {
-		e.maxEvent = t
-		if wm := t - e.lateness; wm > e.watermark {
+	for j, size := range e.sizes {
+		if e.late&(1<<j) != 0 {
+			e.tooLate = append(e.tooLate, time.Duration(size))
+		}
+	}
+	if newest > e.maxEvent {
+		e.maxEvent = newest
+		if wm := newest - e.lateness; wm > e.watermark {
 			e.watermark = wm
 		}
 	}
 	e.processed(r.Offset)
 	e.closeFinal()
 	return Outcome{Replayed: replayed, TooLate: e.tooLate, Counted: e.counted}
+}
+
+func (e *Engine) seriesFor(device, metric string) *series {
+	k := skey{device, metric}
+	s := e.series[k]
+	if s == nil {
+		if n := len(e.freeSeries); n > 0 {
+			s = e.freeSeries[n-1]
+			e.freeSeries = e.freeSeries[:n-1]
+		} else {
+			s = new(series)
+		}
+		s.skey = k
+		e.series[k] = s
+	}
+	return s
+}
+
+func (e *Engine) dropSeries(s *series) {
+	delete(e.series, s.skey)
+	*s = series{}
+	if len(e.freeSeries) < maxFree {
+		e.freeSeries = append(e.freeSeries, s)
+	}
 }
 
 // Skip records that the record at offset carried no readings (the caller
@@ -292,40 +377,84 @@ func (e *Engine) processed(offset int64) {
 	e.lastSeen = e.clock()
 }
 
-func (e *Engine) add(k key, t int64, v float64, off int64) bool {
-	s := e.open[k]
-	if s == nil {
-		s = &state{key: k, min: v, max: v, first: v, last: v, firstAt: t, lastAt: t,
-			firstOff: off, lastOff: off, seen: make(map[int64]struct{}, 4)}
-		e.open[k] = s
-		end := k.start + k.size
-		if _, ok := e.byEnd[end]; !ok {
-			heap.Push(&e.ends, end)
+// add counts the reading (t, v) in the series' window [start, start+size)
+// unless its identity (device, metric, t) was counted there already.
+func (e *Engine) add(s *series, sizeIdx uint8, size, start, t int64, v float64, off int64) bool {
+	w := s.wins
+	for w != nil && (w.start != start || w.seen.sizeIdx != sizeIdx) {
+		w = w.next
+	}
+	if w == nil {
+		e.open(s, sizeIdx, size, start, t, v, off)
+		return true
+	}
+	before := w.seen.bytes()
+	switch {
+	case t > w.lastAt: // in order: the common case
+		if !w.seen.appendMax(t, w.lastAt) {
+			e.insert(w, t)
 		}
-		e.byEnd[end] = append(e.byEnd[end], s)
-	} else if _, dup := s.seen[t]; dup {
+		w.last, w.lastAt = v, t
+	case w.seen.contains(t, w.firstAt, w.lastAt):
 		return false
+	default:
+		e.insert(w, t)
+		if t < w.firstAt {
+			w.first, w.firstAt = v, t
+		}
 	}
-	s.seen[t] = struct{}{}
-	s.count++
-	s.sum += v
-	s.min = min(s.min, v)
-	s.max = max(s.max, v)
-	if t < s.firstAt {
-		s.first, s.firstAt = v, t
-	}
-	if t > s.lastAt {
-		s.last, s.lastAt = v, t
-	}
-	s.lastOff = max(s.lastOff, off)
+	e.seenBytes += w.seen.bytes() - before
+	w.count++
+	w.sum += v
+	w.min = min(w.min, v)
+	w.max = max(w.max, v)
+	w.lastOff = max(w.lastOff, off)
 	return true
+}
+
+// insert adds an out-of-order time to w's set (slow path: rebuilds it).
+func (e *Engine) insert(w *win, t int64) {
+	ms := w.seen.members(e.scratch[:0], w.firstAt)
+	i, _ := slices.BinarySearch(ms, t)
+	ms = slices.Insert(ms, i, t)
+	w.seen.rebuild(ms)
+	e.scratch = ms[:0]
+}
+
+func (e *Engine) open(s *series, sizeIdx uint8, size, start, t int64, v float64, off int64) {
+	var w *win
+	if n := len(e.freeWins); n > 0 {
+		w = e.freeWins[n-1]
+		e.freeWins = e.freeWins[:n-1]
+	} else {
+		w = new(win)
+	}
+	buf := w.seen.buf[:0]
+	*w = win{s: s, next: s.wins, start: start, count: 1, sum: v, min: v, max: v, first: v, last: v,
+		firstAt: t, lastAt: t, firstOff: off, lastOff: off}
+	w.seen.buf = buf
+	w.seen.nano = t%msNanos != 0
+	w.seen.sizeIdx = sizeIdx
+	e.seenBytes += w.seen.bytes()
+	s.wins = w
+	e.nOpen++
+	end := start + size
+	b, ok := e.byEnd[end]
+	if !ok {
+		heap.Push(&e.ends, end)
+		if n := len(e.freeBucket); n > 0 {
+			b = e.freeBucket[n-1]
+			e.freeBucket = e.freeBucket[:n-1]
+		}
+	}
+	e.byEnd[end] = append(b, w)
 }
 
 // AdvanceIdle moves the watermark to now − AllowedLateness when no record
 // arrived for IdleTimeout and windows are open, so a device that stopped
 // sending still gets its last windows. It reports whether windows closed.
 func (e *Engine) AdvanceIdle(now time.Time) bool {
-	if e.idle <= 0 || len(e.open) == 0 || now.Sub(e.lastSeen) < e.idle {
+	if e.idle <= 0 || e.nOpen == 0 || now.Sub(e.lastSeen) < e.idle {
 		return false
 	}
 	if wm := now.UnixNano() - e.lateness; wm > e.watermark {
@@ -339,34 +468,95 @@ func (e *Engine) AdvanceIdle(now time.Time) bool {
 func (e *Engine) closeFinal() {
 	for len(e.ends) > 0 && e.ends[0] <= e.watermark {
 		end := heap.Pop(&e.ends).(int64)
-		for _, s := range e.byEnd[end] {
-			delete(e.open, s.key)
+		b := e.byEnd[end]
+		for i, w := range b {
+			s := w.s
 			e.final = append(e.final, Window{
-				Device: s.device, Metric: s.metric, Size: time.Duration(s.size),
-				Start: time.Unix(0, s.start).UTC(), Count: s.count, Sum: s.sum,
-				Min: s.min, Max: s.max, First: s.first, Last: s.last,
-				FirstAt: time.Unix(0, s.firstAt).UTC(), LastAt: time.Unix(0, s.lastAt).UTC(),
-				Version: uint64(s.lastOff) + 1,
+				Device: s.device, Metric: s.metric, Size: time.Duration(e.sizes[w.seen.sizeIdx]),
+				Start: time.Unix(0, w.start).UTC(), Count: w.count, Sum: w.sum,
+				Min: w.min, Max: w.max, First: w.first, Last: w.last,
+				FirstAt: time.Unix(0, w.firstAt).UTC(), LastAt: time.Unix(0, w.lastAt).UTC(),
+				Version: uint64(w.lastOff) + 1,
 			})
+			for p := &s.wins; *p != nil; p = &(*p).next {
+				if *p == w {
+					*p = w.next
+					break
+				}
+			}
+			if s.wins == nil {
+				e.dropSeries(s)
+			}
+			e.seenBytes -= w.seen.bytes()
+			e.recycle(w)
+			b[i] = nil
+			e.nOpen--
 		}
 		delete(e.byEnd, end)
+		if len(e.freeBucket) < 64 {
+			e.freeBucket = append(e.freeBucket, b[:0])
+		}
 	}
+}
+
+// maxFree bounds each free list: recycling saves allocations when windows
+// close and reopen a few at a time; a mass close (every device's window
+// ends at the same instant) leaves the rest to the GC instead of holding a
+// second copy of the state.
+const maxFree = 4096
+
+func (e *Engine) recycle(w *win) {
+	e.seenBytes -= w.seen.bytes()
+	if len(e.freeWins) >= maxFree {
+		return
+	}
+	buf := w.seen.buf[:0]
+	if cap(buf) > 256 {
+		buf = nil // do not keep a burst's buffer
+	}
+	*w = win{}
+	w.seen.buf = buf
+	e.freeWins = append(e.freeWins, w)
 }
 
 // Final appends the windows that became final since the last call to dst
 // and forgets them.
 func (e *Engine) Final(dst []Window) []Window {
 	dst = append(dst, e.final...)
-	clear(e.final)
-	e.final = e.final[:0]
+	if cap(e.final) > 16384 {
+		e.final = nil // a mass close's buffer is not kept
+	} else {
+		clear(e.final)
+		e.final = e.final[:0]
+	}
 	return dst
 }
 
 // Pending is the number of final windows not yet taken by Final.
 func (e *Engine) Pending() int { return len(e.final) }
 
-// Open is the number of open windows.
-func (e *Engine) Open() int { return len(e.open) }
+// Open is the number of open windows (device × metric × size × start).
+func (e *Engine) Open() int { return e.nOpen }
+
+// Accounted sizes for StateBytes. A Go map entry costs its key and value
+// plus a control byte, at up to 7/8 load: ≈ (32+8)·8/7 + 1 ≈ 48 bytes.
+const (
+	winBytes      = int(unsafe.Sizeof(win{}))
+	seriesBytes   = int(unsafe.Sizeof(series{}))
+	mapEntryBytes = 48
+	ptrBytes      = int(unsafe.Sizeof(uintptr(0)))
+)
+
+// StateBytes is an accounted estimate of the memory held by open windows:
+// per open window its struct, its event-time set's buffer and its pointer
+// in the end bucket; per series (device × metric with an open window) its
+// struct and its map entry. It
+// leaves out the strings (shared with the decoder's interned names), the
+// end heap (one entry per distinct window end) and the free lists of
+// recycled structs (bounded by the open state plus a constant).
+func (e *Engine) StateBytes() int {
+	return e.nOpen*(winBytes+ptrBytes) + e.seenBytes + len(e.series)*(seriesBytes+mapEntryBytes)
+}
 
 // Watermark returns the current watermark; the zero Time means none yet.
 func (e *Engine) Watermark() time.Time {
@@ -381,8 +571,10 @@ func (e *Engine) Watermark() time.Time {
 // stored.
 func (e *Engine) Checkpoint() Checkpoint {
 	off := e.position
-	for _, s := range e.open {
-		off = min(off, s.firstOff)
+	for _, b := range e.byEnd {
+		for _, w := range b {
+			off = min(off, w.firstOff)
+		}
 	}
 	return Checkpoint{Offset: off, Next: max(e.next0, e.position), Watermark: e.Watermark()}
 }

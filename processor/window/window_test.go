@@ -180,9 +180,14 @@ func randomStream(rng *rand.Rand, n int) []Record {
 				r.Time = r.Time.Truncate(10 * time.Second)
 			}
 		}
+		perValue := rng.IntN(8) == 0 // a SenML pack: readings at their own times
 		for _, m := range metrics {
 			if rng.IntN(2) == 0 || m == "t" {
-				r.Values = append(r.Values, Value{Metric: m, Value: float64(rng.IntN(200) - 100)})
+				v := Value{Metric: m, Value: float64(rng.IntN(200) - 100)}
+				if perValue {
+					v.Time = r.Time.Add(-time.Duration(rng.Int64N(int64(3 * lateness))))
+				}
+				r.Values = append(r.Values, v)
 			}
 		}
 		out = append(out, r)
@@ -212,24 +217,36 @@ func bruteForce(recs []Record) (map[wkey]Window, map[int64]int) {
 	seen := map[string]bool{}
 	tooLate := map[int64]int{}
 	for _, r := range recs {
-		for _, s := range sizes {
-			start := time.Unix(0, r.Time.UnixNano()-r.Time.UnixNano()%int64(s)).UTC()
-			if !wm.IsZero() && !start.Add(s).After(wm) {
-				tooLate[r.Offset]++
-				continue
+		late := map[time.Duration]bool{}
+		newest := time.Time{}
+		for _, v := range r.Values {
+			at := r.Time
+			if !v.Time.IsZero() {
+				at = v.Time
 			}
-			for _, v := range r.Values {
+			if at.After(newest) {
+				newest = at
+			}
+			for _, s := range sizes {
+				start := time.Unix(0, at.UnixNano()-at.UnixNano()%int64(s)).UTC()
+				if !wm.IsZero() && !start.Add(s).After(wm) {
+					late[s] = true
+					continue
+				}
 				k := wkey{r.Device, v.Metric, s, start}
-				id := fmt.Sprint(k, r.Time.UnixNano())
+				id := fmt.Sprint(k, at.UnixNano())
 				if seen[id] {
 					continue
 				}
 				seen[id] = true
-				kept[k] = append(kept[k], refReading{r.Time, v.Value, r.Offset})
+				kept[k] = append(kept[k], refReading{at, v.Value, r.Offset})
 			}
 		}
-		if r.Time.After(maxT) {
-			maxT = r.Time
+		if len(late) > 0 {
+			tooLate[r.Offset] = len(late)
+		}
+		if newest.After(maxT) {
+			maxT = newest
 			if w := maxT.Add(-lateness); w.After(wm) {
 				wm = w
 			}
