@@ -44,21 +44,33 @@ func (e *decodeError) Error() string { return e.reason + ": " + e.detail }
 
 // decoded is one telemetry record's readings.
 type decoded struct {
-	time    time.Time
-	values  []window.Value // sorted by metric, metric names unique
+	time    time.Time      // event time of values without their own
+	values  []window.Value // sorted by metric (then time), (metric, time) unique
 	ignored int            // fields that were not numbers
 }
 
-// decode parses a telemetry payload. mqttTopic is the MQTT topic it was
-// published to (a bare number is accepted on /devices/D/events/<metric>),
-// receivedAt the broker's receive time used when the payload has no "ts".
+// decode parses a telemetry payload (see decodeSlow); the processor keeps a
+// decoder instead, which reuses its buffers.
+func decode(payload []byte, mqttTopic string, receivedAt time.Time, haveReceived bool) (decoded, *decodeError) {
+	return newDecoder().decode(payload, mqttTopic, receivedAt, haveReceived)
+}
+
+// decodeSlow parses a telemetry payload with encoding/json and defines what
+// a payload means; decoder.fast must agree with it. mqttTopic is the MQTT
+// topic it was published to (a bare number is accepted on
+// /devices/D/events/<metric>), receivedAt the broker's receive time used
+// when the payload has no "ts". A JSON array is a SenML pack (decodeSenML).
 //
 // Invariants (checked by FuzzDecode): it never panics; on success there is at
-// least one value, metric names are non-empty, unique and sorted, values are
-// finite, and the time lies within [1970-01-01, 2106-02-07].
-func decode(payload []byte, mqttTopic string, receivedAt time.Time, haveReceived bool) (decoded, *decodeError) {
+// least one value, the values are sorted by (metric, time) and each pair is
+// unique, metric names are non-empty, values are finite, and every time lies
+// within [1970-01-01, 2106-02-07]. Only SenML sets Value.Time (on every value).
+func decodeSlow(payload []byte, mqttTopic string, receivedAt time.Time, haveReceived bool) (decoded, *decodeError) {
 	var d decoded
 	trimmed := bytes.TrimSpace(payload)
+	if len(trimmed) > 0 && trimmed[0] == '[' {
+		return decodeSenML(trimmed, receivedAt, haveReceived)
+	}
 	if len(trimmed) > 0 && trimmed[0] != '{' {
 		metric := eventsMetric(mqttTopic)
 		f, err := strconv.ParseFloat(string(trimmed), 64)

@@ -51,10 +51,47 @@ func TestDecode(t *testing.T) {
 		{name: "bare number on events", payload: `21.5`, topic: "/devices/d1/events", reason: ReasonMalformedJSON},
 		{name: "bare non-json number", payload: `0x10`, topic: "/devices/d1/events/t", reason: ReasonMalformedJSON},
 		{name: "bare Inf", payload: `Inf`, topic: "/devices/d1/events/t", reason: ReasonMalformedJSON},
+		{name: "fast path ws and kinds", payload: "{ \"a\" : -0.5e1 ,\n\"b\":{\"c\":0,\"d\":\"x\u00e9\"},\"e\":null,\"f\":false}", time: recv,
+			values: []window.Value{{Metric: "a", Value: -5}, {Metric: "b.c", Value: 0}}, ignored: 3},
+		{name: "duplicate key last wins", payload: `{"a":1,"a":"x","b":2}`, time: recv, values: []window.Value{{Metric: "b", Value: 2}}, ignored: 1},
+		{name: "leading zero", payload: `{"a":01}`, reason: ReasonMalformedJSON},
+		{name: "unnamed", payload: `{"":1,"b":2}`, time: recv, values: []window.Value{{Metric: "b", Value: 2}}, ignored: 1},
+		// SenML (RFC 8428)
+		{name: "senml rfc example", payload: `[{"bn":"urn:dev:ow:10e2073a01080063:","bt":1.320067464e+09,"bu":"%RH","v":20},
+			{"u":"lon","v":24.30621},{"u":"lat","v":60.07965},{"t":60,"v":20.3},{"u":"lon","t":60,"v":24.30622},
+			{"u":"lat","t":60,"v":60.07965},{"t":120,"v":20.7},{"u":"lon","t":120,"v":24.30623},{"u":"lat","t":120,"v":60.07966},
+			{"u":"%EL","t":150,"v":98},{"t":180,"v":21.2},{"u":"lon","t":180,"v":24.30628},{"u":"lat","t":180,"v":60.07967}]`,
+			// The base name is a device identifier and the records have no
+			// names: every reading resolves to the empty name.
+			reason: ReasonNoNumericValues},
+		{name: "senml names and times", payload: `[{"bn":"room1.","bt":1772377200,"n":"temp","v":21.5},{"n":"temp","t":10,"v":22},{"n":"hum","t":10.5,"v":40,"u":"%RH"}]`,
+			time: recv, values: []window.Value{
+				{Metric: "room1.hum", Value: 40, Time: recv.Add(10500 * time.Millisecond)},
+				{Metric: "room1.temp", Value: 21.5, Time: recv},
+				{Metric: "room1.temp", Value: 22, Time: recv.Add(10 * time.Second)}}},
+		{name: "senml device base name dropped", payload: `[{"bn":"urn:dev:mac:0024befffe804ff1/","n":"t","bt":1772377200,"v":1}]`,
+			time: recv, values: []window.Value{{Metric: "t", Value: 1, Time: recv}}},
+		{name: "senml relative to receive time", payload: `[{"n":"t","t":-5,"v":1},{"n":"t","v":2}]`,
+			time: recv.Add(-5 * time.Second), values: []window.Value{{Metric: "t", Value: 1, Time: recv.Add(-5 * time.Second)}, {Metric: "t", Value: 2, Time: recv}}},
+		{name: "senml relative without header", payload: `[{"n":"t","v":2}]`, noRecv: true, reason: ReasonBadTimestamp},
+		{name: "senml base value and sum", payload: `[{"bn":"e","bt":1772377200,"bv":100,"bs":1000,"v":1,"s":5},{"n":"x","v":2,"vs":"s","vb":true,"vd":"AA","zz":1}]`,
+			time: recv, ignored: 4, values: []window.Value{{Metric: "e", Value: 101, Time: recv}, {Metric: "e.sum", Value: 1005, Time: recv}, {Metric: "ex", Value: 102, Time: recv}}},
+		{name: "senml duplicate name and time", payload: `[{"bt":1772377200,"n":"t","v":1},{"n":"t","v":2}]`,
+			time: recv, ignored: 1, values: []window.Value{{Metric: "t", Value: 1, Time: recv}}},
+		{name: "senml must understand", payload: `[{"n":"t","v":1,"bx_":1}]`, reason: ReasonMalformedJSON},
+		{name: "senml wrong type", payload: `[{"n":"t","v":"1"}]`, reason: ReasonMalformedJSON},
+		{name: "senml not objects", payload: `[1,2]`, reason: ReasonMalformedJSON},
+		{name: "senml only strings", payload: `[{"n":"t","vs":"on"}]`, reason: ReasonNoNumericValues},
+		{name: "senml empty", payload: `[]`, reason: ReasonNoNumericValues},
+		{name: "senml time out of range", payload: `[{"n":"t","bt":1e10,"v":1}]`, reason: ReasonBadTimestamp},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			d, err := decode([]byte(tt.payload), tt.topic, recv, !tt.noRecv)
+			ds, serr := decodeSlow([]byte(tt.payload), tt.topic, recv, !tt.noRecv)
+			if (err == nil) != (serr == nil) || (err == nil && !sameDecoded(d, ds)) {
+				t.Fatalf("fast and slow decoders disagree: %v %v / %v %v", d, err, ds, serr)
+			}
 			if tt.reason != "" {
 				if err == nil || err.reason != tt.reason {
 					t.Fatalf("err = %v, want reason %s", err, tt.reason)
@@ -64,11 +101,21 @@ func TestDecode(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if !d.time.Equal(tt.time) || !slices.Equal(d.values, tt.values) || d.ignored != tt.ignored {
+			if !d.time.Equal(tt.time) || !sameValues(d.values, tt.values) || d.ignored != tt.ignored {
 				t.Fatalf("got %v %v ignored %d, want %v %v ignored %d", d.time, d.values, d.ignored, tt.time, tt.values, tt.ignored)
 			}
 		})
 	}
+}
+
+func sameValues(a, b []window.Value) bool {
+	return slices.EqualFunc(a, b, func(x, y window.Value) bool {
+		return x.Metric == y.Metric && x.Value == y.Value && x.Time.Equal(y.Time)
+	})
+}
+
+func sameDecoded(a, b decoded) bool {
+	return a.time.Equal(b.time) && a.ignored == b.ignored && sameValues(a.values, b.values)
 }
 
 func TestParseMeta(t *testing.T) {
@@ -88,14 +135,22 @@ func TestParseMeta(t *testing.T) {
 }
 
 // FuzzDecode checks decode's invariants: no panic; on success at least one
-// value, metric names non-empty, unique and sorted, values finite, time in
-// 1970..2106; on failure a known reason.
+// value, sorted by (metric, time) with each pair unique, metric names
+// non-empty, values finite, times in 1970..2106 (Value.Time set on all
+// values or none); on failure a known reason. And the fast decoder agrees
+// with decodeSlow (encoding/json) on every input: same outcome, same values.
 func FuzzDecode(f *testing.F) {
-	for _, s := range []string{`{"t":1}`, `{"env":{"t":1},"ts":1772377200}`, `{"ts":"2026-03-01T15:00:00Z","a":[1]}`, `12.5`, `{"a.b":1,"a":{"b":2}}`} {
+	for _, s := range []string{`{"t":1}`, `{"env":{"t":1},"ts":1772377200}`, `{"ts":"2026-03-01T15:00:00Z","a":[1]}`, `12.5`, `{"a.b":1,"a":{"b":2}}`,
+		`[{"bn":"a.","bt":1772377200,"n":"t","v":1},{"n":"t","t":1,"v":2,"s":3}]`, `[{"n":"t","t":-1,"v":1,"vs":"x"}]`} {
 		f.Add([]byte(s), "/devices/d/events/x", true)
 	}
+	dc := newDecoder()
 	f.Fuzz(func(t *testing.T, payload []byte, topic string, haveRecv bool) {
-		d, err := decode(payload, topic, recv, haveRecv)
+		d, err := dc.decode(payload, topic, recv, haveRecv)
+		ds, serr := decodeSlow(payload, topic, recv, haveRecv)
+		if (err == nil) != (serr == nil) || (err != nil && err.reason != serr.reason) || (err == nil && !sameDecoded(d, ds)) {
+			t.Fatalf("fast %+v %v, slow %+v %v", d, err, ds, serr)
+		}
 		if err != nil {
 			switch err.reason {
 			case ReasonMalformedJSON, ReasonNoNumericValues, ReasonBadTimestamp:
@@ -106,16 +161,24 @@ func FuzzDecode(f *testing.F) {
 		if len(d.values) == 0 {
 			t.Fatal("success without values")
 		}
+		own := !d.values[0].Time.IsZero()
 		for i, v := range d.values {
-			if v.Metric == "" || math.IsNaN(v.Value) || math.IsInf(v.Value, 0) {
+			if v.Metric == "" || math.IsNaN(v.Value) || math.IsInf(v.Value, 0) || v.Time.IsZero() == own {
 				t.Fatalf("bad value %+v", v)
 			}
-			if i > 0 && strings.Compare(d.values[i-1].Metric, v.Metric) >= 0 {
-				t.Fatalf("not sorted/unique: %v", d.values)
+			at := d.time
+			if own {
+				at = v.Time
 			}
-		}
-		if d.time.Before(minEventTime) || d.time.After(maxEventTime) {
-			t.Fatalf("time %v out of range", d.time)
+			if at.Before(minEventTime) || at.After(maxEventTime) {
+				t.Fatalf("time %v out of range", at)
+			}
+			if i > 0 {
+				p := d.values[i-1]
+				if c := strings.Compare(p.Metric, v.Metric); c > 0 || c == 0 && !p.Time.Before(v.Time) {
+					t.Fatalf("not sorted/unique: %v", d.values)
+				}
+			}
 		}
 	})
 }

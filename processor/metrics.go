@@ -13,6 +13,9 @@ type metrics struct {
 	ignored        prometheus.Counter
 	lag            *prometheus.GaugeVec
 	open           prometheus.Gauge
+	stateBytes     prometheus.Gauge
+	paused         prometheus.Gauge
+	freshness      prometheus.Histogram
 	writeLatency   prometheus.Histogram
 	writeErrors    prometheus.Counter
 	commitErrors   prometheus.Counter
@@ -33,6 +36,14 @@ func newMetrics() *metrics {
 			Name: "consumer_lag", Help: "Records behind the partition's high watermark at the last fetch."}, []string{"partition"}),
 		open: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub,
 			Name: "open_windows", Help: "Windows not yet final, over all owned partitions."}),
+		stateBytes: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub,
+			Name: "window_state_bytes", Help: "Accounted memory of open window state over all owned partitions " +
+				"(window.Engine.StateBytes: per open window its struct, event-time set and bucket pointer; per device × metric its struct and map entry)."}),
+		paused: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub,
+			Name: "consumption_paused", Help: "1 while fetching is stopped because MaxOpenWindows is reached."}),
+		freshness: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub,
+			Name: "window_freshness_seconds", Help: "Per window: from the watermark passing its end to the WriteBatch that stored it returning.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 1.5, 30)}),
 		writeLatency: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub,
 			Name: "storage_write_seconds", Help: "Latency of one WriteBatch attempt.", Buckets: prometheus.DefBuckets}),
 		writeErrors: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
@@ -45,7 +56,7 @@ func newMetrics() *metrics {
 func (m *metrics) register(r prometheus.Registerer) error {
 	var err error
 	for _, c := range []prometheus.Collector{m.consumed, m.windowsWritten, m.deadletter, m.ignored, m.lag,
-		m.open, m.writeLatency, m.writeErrors, m.commitErrors} {
+		m.open, m.stateBytes, m.paused, m.freshness, m.writeLatency, m.writeErrors, m.commitErrors} {
 		err = errors.Join(err, r.Register(c))
 	}
 	return err

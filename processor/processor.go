@@ -55,9 +55,18 @@ type Config struct {
 	IdleTimeout     time.Duration   // default 30s
 	FlushInterval   time.Duration   // default 1s
 	MaxBatchRows    int             // windows + readings per WriteBatch, default 50000
-	Sink            Sink            // required
-	Logger          zerolog.Logger
-	Metrics         prometheus.Registerer // nil: metrics are not registered
+	// MaxOpenWindows caps the open windows (device × metric × size) over all
+	// owned partitions, default 1,000,000 (about 200 MB at the accounted
+	// ~200 B each). When it is reached the processor stops fetching: it
+	// polls no more records, keeps storing and committing what is final, and
+	// lets idle advance (IdleTimeout without records) close windows by wall
+	// clock, then resumes. Nothing is dropped or force-closed, so exactly-once
+	// holds; the cap is checked before each poll, so one poll's records may
+	// exceed it.
+	MaxOpenWindows int
+	Sink           Sink // required
+	Logger         zerolog.Logger
+	Metrics        prometheus.Registerer // nil: metrics are not registered
 }
 
 // Processor is the stream processing stage. Create it with New, run it with Run.
@@ -76,6 +85,9 @@ type Processor struct {
 	fatal     error
 	dlMu      sync.Mutex
 	dlErr     error // first failed dead-letter produce
+	dec       *decoder
+	finalBuf  []window.Window
+	open      int // open windows at the last maybeFlush
 }
 
 type partition struct {
@@ -83,6 +95,13 @@ type partition struct {
 	committed window.Checkpoint // last committed, to skip commits that change nothing
 	windows   []storage.Window
 	readings  []storage.Reading
+	closed    []closeMark // when part.windows became final, for freshness
+}
+
+// closeMark: the next n windows of partition.windows became final at at.
+type closeMark struct {
+	n  int
+	at time.Time
 }
 
 // New validates cfg, connects to Kafka (pinging it so a bad address fails
@@ -96,6 +115,7 @@ func New(cfg Config) (*Processor, error) {
 		log:   cfg.Logger.With().Str("component", "processor").Logger(),
 		m:     newMetrics(),
 		parts: make(map[int32]*partition),
+		dec:   newDecoder(),
 		wcfg: window.Config{Sizes: cfg.WindowSizes, AllowedLateness: cfg.AllowedLateness,
 			IdleTimeout: cfg.IdleTimeout},
 		backoff: func(attempt int) time.Duration {
@@ -157,8 +177,11 @@ func (c *Config) defaults() error {
 			return fmt.Errorf("processor: window size %v given twice", s)
 		}
 	}
-	if c.AllowedLateness < 0 || c.IdleTimeout < 0 || c.FlushInterval < 0 || c.MaxBatchRows < 0 {
-		return errors.New("processor: durations and MaxBatchRows must not be negative")
+	if c.AllowedLateness < 0 || c.IdleTimeout < 0 || c.FlushInterval < 0 || c.MaxBatchRows < 0 || c.MaxOpenWindows < 0 {
+		return errors.New("processor: durations, MaxBatchRows and MaxOpenWindows must not be negative")
+	}
+	if c.MaxOpenWindows == 0 {
+		c.MaxOpenWindows = 1_000_000
 	}
 	if c.AllowedLateness == 0 {
 		c.AllowedLateness = 5 * time.Second
@@ -182,6 +205,22 @@ func (p *Processor) Run(ctx context.Context) error {
 	defer p.cl.Close()
 	tick := min(p.cfg.FlushInterval, p.cfg.IdleTimeout)
 	for ctx.Err() == nil {
+		if p.open >= p.cfg.MaxOpenWindows {
+			// Full: fetch nothing until windows close (see MaxOpenWindows).
+			p.m.paused.Set(1)
+			select {
+			case <-ctx.Done():
+			case <-time.After(tick):
+			}
+			p.mu.Lock()
+			err := p.maybeFlush(ctx, false)
+			p.mu.Unlock()
+			if err != nil && ctx.Err() == nil {
+				return err
+			}
+			continue
+		}
+		p.m.paused.Set(0)
 		pollCtx, cancel := context.WithTimeout(ctx, tick)
 		fs := p.cl.PollRecords(pollCtx, p.cfg.MaxBatchRows)
 		cancel()
@@ -253,10 +292,22 @@ func (p *Processor) process(ctx context.Context, ft kgo.FetchTopicPartition) err
 	return nil
 }
 
+// header returns the value of the first header named key, without copying.
+func header(r *kgo.Record, key string) []byte {
+	for _, h := range r.Headers {
+		if h.Key == key {
+			return h.Value
+		}
+	}
+	return nil
+}
+
 func (p *Processor) handle(part *partition, r *kgo.Record) {
-	device := bus.Header(r, bus.HeaderDevice)
-	if device == "" {
-		device = string(r.Key)
+	var device string
+	if h := header(r, bus.HeaderDevice); len(h) > 0 {
+		device = p.dec.intern(h)
+	} else if len(r.Key) > 0 {
+		device = p.dec.intern(r.Key)
 	}
 	if device == "" {
 		if !part.eng.Skip(r.Offset) {
@@ -264,8 +315,16 @@ func (p *Processor) handle(part *partition, r *kgo.Record) {
 		}
 		return
 	}
-	recv, err := bus.ParseMillis(bus.Header(r, bus.HeaderReceivedAt))
-	d, derr := decode(r.Value, bus.Header(r, bus.HeaderTopic), recv, err == nil)
+	var recv time.Time
+	ms, err := strconv.ParseInt(string(header(r, bus.HeaderReceivedAt)), 10, 64)
+	if err == nil {
+		recv = time.UnixMilli(ms).UTC()
+	}
+	var mqttTopic string
+	if d := header(r, bus.HeaderTopic); len(d) > 0 && len(r.Value) > 0 && r.Value[0] != '{' {
+		mqttTopic = string(d) // only a bare number needs the topic
+	}
+	d, derr := p.dec.decode(r.Value, mqttTopic, recv, err == nil)
 	if derr != nil {
 		if !part.eng.Skip(r.Offset) {
 			p.m.ignored.Add(float64(d.ignored))
@@ -278,7 +337,11 @@ func (p *Processor) handle(part *partition, r *kgo.Record) {
 		p.m.ignored.Add(float64(d.ignored))
 		for i, v := range d.values {
 			if out.Counted[i] {
-				part.readings = append(part.readings, storage.Reading{Device: device, Metric: v.Metric, Time: d.time, Value: v.Value})
+				at := d.time
+				if !v.Time.IsZero() {
+					at = v.Time
+				}
+				part.readings = append(part.readings, storage.Reading{Device: device, Metric: v.Metric, Time: at, Value: v.Value})
 				p.rows++
 			}
 		}
@@ -294,10 +357,13 @@ func (p *Processor) takeFinal(part *partition) {
 	if part.eng.Pending() == 0 {
 		return
 	}
-	for _, w := range part.eng.Final(nil) {
+	n := len(part.windows)
+	p.finalBuf = part.eng.Final(p.finalBuf[:0])
+	for _, w := range p.finalBuf {
 		part.windows = append(part.windows, storage.Window(w))
-		p.rows++
 	}
+	p.rows += len(part.windows) - n
+	part.closed = append(part.closed, closeMark{len(part.windows) - n, time.Now()})
 }
 
 // deadLetter produces the original record, bytes and headers intact, to the
@@ -328,14 +394,17 @@ func (p *Processor) deadLetter(r *kgo.Record, reason, detail string) {
 // partition's checkpoint. Called with p.mu held.
 func (p *Processor) maybeFlush(ctx context.Context, force bool) error {
 	now := time.Now()
-	open := 0
+	open, bytes := 0, 0
 	for _, part := range p.parts {
 		if part.eng.AdvanceIdle(now) {
 			p.takeFinal(part)
 		}
 		open += part.eng.Open()
+		bytes += part.eng.StateBytes()
 	}
+	p.open = open
 	p.m.open.Set(float64(open))
+	p.m.stateBytes.Set(float64(bytes))
 	if !force && p.rows < p.cfg.MaxBatchRows && now.Sub(p.lastFlush) < p.cfg.FlushInterval {
 		return nil
 	}
@@ -374,9 +443,18 @@ func (p *Processor) store(ctx context.Context, parts map[int32]*partition) error
 		}
 		p.m.windowsWritten.Add(float64(len(ws)))
 	}
+	stored := time.Now()
 	for _, part := range parts {
+		for _, c := range part.closed {
+			d := stored.Sub(c.at).Seconds()
+			for range c.n {
+				p.m.freshness.Observe(d)
+			}
+		}
 		p.rows -= len(part.windows) + len(part.readings)
-		part.windows, part.readings = part.windows[:0], part.readings[:0]
+		clear(part.windows)
+		clear(part.readings)
+		part.windows, part.readings, part.closed = part.windows[:0], part.readings[:0], part.closed[:0]
 	}
 	return nil
 }
