@@ -13,6 +13,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
+	"strings"
 	"sync"
 	"unsafe"
 
@@ -113,8 +115,19 @@ func cString(s string) []byte {
 
 // chdbSession is the process-wide chDB session. libchdb supports one session
 // (one data path) per process, so every chDB Store shares it, reference
-// counted; queries are serialised by mu, which also keeps connect/close from
-// racing with queries.
+// counted.
+//
+// Every call into libchdb is made with mu held. libchdb itself queues
+// concurrent chdb_query calls onto its one query thread, so mu costs no
+// parallelism; it makes connect, query and close mutually exclusive (conn is
+// read and nilled under it, so no query can use a closed connection), and it
+// keeps the signal-handler save/restore around each call (chdb_signals_*.go)
+// from interleaving with another call's.
+//
+// Memory handed to C: query and format are Go strings, which purego copies
+// into NUL-terminated buffers kept alive for the duration of the call; libchdb
+// copies the text before the call returns and keeps no pointer to it. Results
+// are copied into Go memory before chdb_destroy_query_result.
 type chdbSession struct {
 	mu   sync.Mutex
 	lib  *chdbLib
@@ -145,7 +158,13 @@ func (s *chdbSession) acquire(path string) error {
 	}
 	args := [][]byte{cString("clickhouse"), cString("--path=" + path)}
 	argv := []*byte{&args[0][0], &args[1][0], nil}
+	// ClickHouse's server start-up installs its crash handlers over the Go
+	// runtime's; put those back (see chdb_signals_linux.go).
+	sig := saveSignals()
 	conn := lib.connect(int32(len(args)), &argv[0])
+	sig.restore()
+	runtime.KeepAlive(args) // argv points into args; both must outlive the call
+	runtime.KeepAlive(argv)
 	if conn == nil {
 		return fmt.Errorf("storage: chdb_connect(%s) failed (is another process using this directory?)", path)
 	}
@@ -153,8 +172,7 @@ func (s *chdbSession) acquire(path string) error {
 	// Inserts embed their batch in the query text (see chdbEngine.insert),
 	// so lift the 256 KiB parser limit for this session.
 	if _, err := s.runLocked("SET max_query_size = 1073741824", "TabSeparated"); err != nil {
-		lib.closeConn(conn)
-		s.conn = nil
+		s.closeLocked()
 		return fmt.Errorf("storage: configure chDB session: %w", err)
 	}
 	return nil
@@ -171,8 +189,14 @@ func (s *chdbSession) release() {
 	if s.refs > 0 {
 		return
 	}
+	s.closeLocked()
+}
+
+func (s *chdbSession) closeLocked() {
+	sig := saveSignals()
 	s.lib.closeConn(s.conn)
-	s.conn, s.path = nil, ""
+	sig.restore()
+	s.conn, s.path, s.refs = nil, "", 0
 }
 
 var errChdbClosed = errors.New("storage: chDB session closed")
@@ -188,9 +212,17 @@ func (s *chdbSession) runLocked(query, format string) ([]byte, error) {
 	if s.conn == nil {
 		return nil, errChdbClosed
 	}
+	if strings.IndexByte(query, 0) >= 0 || strings.IndexByte(format, 0) >= 0 {
+		// C would see the text only up to the NUL and run a truncated statement.
+		return nil, errors.New("storage: chDB statement contains a NUL byte")
+	}
+	sig := saveSignals()
 	res := s.lib.query(*(*unsafe.Pointer)(s.conn), query, format)
+	sig.restore()
 	if res == 0 {
-		return nil, nil
+		// libchdb returns no result only when the connection is shutting down;
+		// the statement may not have run, so this must not read as success.
+		return nil, errors.New("chdb: no result (connection shutting down)")
 	}
 	defer s.lib.destroyResult(res)
 	if e := s.lib.resultError(res); e != nil {
