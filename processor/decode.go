@@ -175,15 +175,10 @@ func parseTS(v any) (time.Time, error) {
 		if err != nil || f < 0 {
 			return time.Time{}, fmt.Errorf("ts %q is not a non-negative number", ts)
 		}
-		if f < msThreshold {
-			sec, frac := math.Modf(f)
-			return time.Unix(int64(sec), int64(math.Round(frac*1e9))).UTC(), nil
-		}
-		if f > float64(maxEventTime.UnixMilli()) {
+		if f >= msThreshold && f > float64(maxEventTime.UnixMilli()) {
 			return time.Time{}, fmt.Errorf("ts %s is beyond 2106", ts)
 		}
-		ms, frac := math.Modf(f)
-		return time.UnixMilli(int64(ms)).Add(time.Duration(math.Round(frac * 1e6))).UTC(), nil
+		return tsFromFloat(f), nil
 	case string:
 		t, err := time.Parse(time.RFC3339Nano, ts)
 		if err != nil {
@@ -193,6 +188,17 @@ func parseTS(v any) (time.Time, error) {
 	default:
 		return time.Time{}, fmt.Errorf("ts is %T, want a number or an RFC 3339 string", v)
 	}
+}
+
+// tsFromFloat reads a non-negative numeric "ts" as Unix seconds below
+// msThreshold, else as Unix milliseconds (at most 2106's).
+func tsFromFloat(f float64) time.Time {
+	if f < msThreshold {
+		sec, frac := math.Modf(f)
+		return time.Unix(int64(sec), int64(math.Round(frac*1e9))).UTC()
+	}
+	ms, frac := math.Modf(f)
+	return time.UnixMilli(int64(ms)).Add(time.Duration(math.Round(frac * 1e6))).UTC()
 }
 
 // eventsMetric returns the metric named by an /devices/D/events/<metric...>

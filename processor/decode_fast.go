@@ -2,7 +2,6 @@ package processor
 
 import (
 	"bytes"
-	"encoding/json"
 	"math"
 	"slices"
 	"strconv"
@@ -85,11 +84,11 @@ func (dc *decoder) fast(p []byte, recv time.Time, haveRecv bool) (d decoded, ok 
 		}
 		d.time = t.UTC()
 	case ts != nil:
-		t, err := parseTS(json.Number(ts))
-		if err != nil {
+		f, err := strconv.ParseFloat(string(ts), 64)
+		if err != nil || f < 0 || f >= msThreshold && f > float64(maxEventTime.UnixMilli()) {
 			return d, false
 		}
-		d.time = t
+		d.time = tsFromFloat(f)
 	case haveRecv:
 		d.time = recv
 	default:

@@ -1,0 +1,224 @@
+package processor
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"os"
+	"strconv"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/rs/zerolog"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/iotpipe/iotpipe/internal/bus"
+	"github.com/iotpipe/iotpipe/internal/testkafka"
+	"github.com/iotpipe/iotpipe/storage"
+)
+
+// discardSink counts what it is given and stores nothing: it shows the
+// processor's own rate, without storage.
+type discardSink struct{ readings, windows atomic.Int64 }
+
+func (d *discardSink) WriteBatch(_ context.Context, ws []storage.Window, rs []storage.Reading) error {
+	d.windows.Add(int64(len(ws)))
+	d.readings.Add(int64(len(rs)))
+	return nil
+}
+
+// countSink passes batches to storage and counts the readings stored.
+type countSink struct {
+	Sink
+	readings atomic.Int64
+}
+
+func (c *countSink) WriteBatch(ctx context.Context, ws []storage.Window, rs []storage.Reading) error {
+	if err := c.Sink.WriteBatch(ctx, ws, rs); err != nil {
+		return err
+	}
+	c.readings.Add(int64(len(rs)))
+	return nil
+}
+
+// BenchmarkProcessor preloads records like a fleet's — 1,000 devices, in
+// event-time order, {"ts":<ms>,"temperature":..,"humidity":..} — into kfake
+// (2 partitions), then per iteration measures in the same run:
+//
+//   - raw-readings/s: a plain franz-go consumer (PollFetches, no processing)
+//     reading every record back, counted as 2 readings per record;
+//   - readings/s: the processor (two window sizes) from the first record to
+//     every raw reading returned by WriteBatch, into the sink of the
+//     sub-benchmark: "discard" (counts only: the processor's own rate) or
+//     "chdb" (storage.Store on embedded chDB; needs CHDB_LIB_PATH);
+//   - freshness-p99-s: the p99 of iotpipe_processor_window_freshness_seconds
+//     (upper bound of its histogram bucket).
+//
+// The processor's clock starts at its first consumed record and stops when
+// the last reading is stored, so it includes the last flush (≤ FlushInterval).
+//
+// Run: go test -run '^$' -bench Processor -benchtime 3x ./processor
+// (IOTPIPE_BENCH_RECORDS overrides the 1,000,000 records.)
+func BenchmarkProcessor(b *testing.B) {
+	records := 1_000_000
+	if s := os.Getenv("IOTPIPE_BENCH_RECORDS"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil {
+			b.Fatal(err)
+		}
+		records = n
+	}
+	seeds := testkafka.Seeds(b)
+	topics := bus.TopicNames(testkafka.Prefix(b))
+	cl := testkafka.Client(b, seeds, kgo.ProducerLinger(5*time.Millisecond), kgo.MaxBufferedRecords(100_000))
+	ctx := context.Background()
+	if err := bus.EnsureTopics(ctx, cl, topics.Specs(2), 1); err != nil {
+		b.Fatal(err)
+	}
+	testkafka.WaitTopic(b, seeds, topics.Telemetry)
+	base := time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)
+	const devices = 1000
+	names := make([]string, devices)
+	for i := range names {
+		names[i] = fmt.Sprintf("dev-%04d", i)
+	}
+	var perr atomic.Value
+	for i := range records {
+		// Each device reports once per second; all event times distinct per device.
+		at := base.Add(time.Duration(i) * time.Millisecond)
+		dev := names[i%devices]
+		r := &kgo.Record{Topic: topics.Telemetry, Key: []byte(dev),
+			Value: fmt.Appendf(nil, `{"ts":%d,"temperature":%.2f,"humidity":%.1f}`, at.UnixMilli(), 15+float64(i%2000)/100, 30+float64(i%400)/10),
+			Headers: []kgo.RecordHeader{{Key: bus.HeaderDevice, Value: []byte(dev)},
+				{Key: bus.HeaderTopic, Value: []byte("/devices/" + dev + "/events")},
+				{Key: bus.HeaderReceivedAt, Value: bus.FormatMillis(at)}}}
+		cl.Produce(ctx, r, func(_ *kgo.Record, err error) {
+			if err != nil {
+				perr.Store(err)
+			}
+		})
+	}
+	if err := cl.Flush(ctx); err != nil {
+		b.Fatal(err)
+	}
+	if err, _ := perr.Load().(error); err != nil {
+		b.Fatal(err)
+	}
+	readings := int64(records) * 2
+
+	rawRate := func(b *testing.B) float64 {
+		c := testkafka.Client(b, seeds, kgo.ConsumeTopics(topics.Telemetry), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+		start := time.Now()
+		n := 0
+		for n < records {
+			fs := c.PollFetches(ctx)
+			if err := fs.Err0(); err != nil {
+				b.Fatal(err)
+			}
+			n += fs.NumRecords()
+		}
+		rate := float64(n*2) / time.Since(start).Seconds()
+		c.Close()
+		return rate
+	}
+
+	run := func(b *testing.B, sink Sink, stored func() int64) {
+		var raw, proc, fresh float64
+		iter := 0
+		for b.Loop() {
+			iter++
+			raw += rawRate(b)
+			reg := prometheus.NewRegistry()
+			p, err := New(Config{Kafka: []kgo.Opt{kgo.SeedBrokers(seeds...)}, Topics: topics,
+				Group: fmt.Sprintf("%s.bench.%s.%d", topics.Telemetry, b.Name(), iter), WindowSizes: sizes,
+				IdleTimeout: time.Hour, Sink: sink, Logger: zerolog.Nop(), Metrics: reg})
+			if err != nil {
+				b.Fatal(err)
+			}
+			before := stored()
+			rctx, cancel := context.WithCancel(ctx)
+			done := make(chan error, 1)
+			go func() { done <- p.Run(rctx) }()
+			// The clock starts at the first consumed record: the group join
+			// is not throughput (the raw consumer joins no group either).
+			consumed := func() float64 {
+				var m dto.Metric
+				if err := p.m.consumed.Write(&m); err != nil {
+					b.Fatal(err)
+				}
+				return m.GetCounter().GetValue()
+			}
+			deadline := time.Now().Add(10 * time.Minute)
+			for consumed() == 0 {
+				if time.Now().After(deadline) {
+					b.Fatal("processor consumed nothing")
+				}
+				time.Sleep(100 * time.Microsecond) // polling a counter, not synchronising
+			}
+			start := time.Now()
+			for stored()-before < readings {
+				if time.Now().After(deadline) {
+					b.Fatalf("stored %d of %d readings", stored()-before, readings)
+				}
+				time.Sleep(time.Millisecond) // polling a counter, not synchronising
+			}
+			proc += float64(readings) / time.Since(start).Seconds()
+			cancel()
+			if err := <-done; err != nil {
+				b.Fatal(err)
+			}
+			fresh = max(fresh, p99(b, reg, "iotpipe_processor_window_freshness_seconds"))
+		}
+		b.ReportMetric(raw/float64(iter), "raw-readings/s")
+		b.ReportMetric(proc/float64(iter), "readings/s")
+		b.ReportMetric(proc/raw, "ratio-to-raw")
+		b.ReportMetric(fresh, "freshness-p99-s")
+	}
+
+	b.Run("sink=discard", func(b *testing.B) {
+		d := &discardSink{}
+		run(b, d, d.readings.Load)
+	})
+	b.Run("sink=chdb", func(b *testing.B) {
+		if os.Getenv("CHDB_LIB_PATH") == "" {
+			b.Skip("SKIP: CHDB_LIB_PATH is not set (export CHDB_LIB_PATH=$(scripts/chdb.sh))")
+		}
+		st, err := sharedStore()
+		if err != nil {
+			b.Fatal(err)
+		}
+		c := &countSink{Sink: st}
+		run(b, c, c.readings.Load)
+	})
+}
+
+// p99 returns the upper bound of the bucket holding the 99th percentile of
+// a histogram in reg (+Inf if beyond the last bucket, 0 if empty).
+func p99(b *testing.B, reg *prometheus.Registry, name string) float64 {
+	mfs, err := reg.Gather()
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		var h *dto.Histogram = mf.GetMetric()[0].GetHistogram()
+		total := h.GetSampleCount()
+		if total == 0 {
+			return 0
+		}
+		want := uint64(math.Ceil(0.99 * float64(total)))
+		for _, bk := range h.GetBucket() {
+			if bk.GetCumulativeCount() >= want {
+				return bk.GetUpperBound()
+			}
+		}
+		return math.Inf(1)
+	}
+	b.Fatalf("metric %s not found", name)
+	return 0
+}
