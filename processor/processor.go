@@ -74,6 +74,7 @@ type Processor struct {
 	cfg     Config
 	log     zerolog.Logger
 	cl      *kgo.Client
+	clSet   chan struct{} // closed once cl is set; the group may call back before New returns
 	m       *metrics
 	wcfg    window.Config
 	backoff func(attempt int) time.Duration
@@ -139,17 +140,21 @@ func New(cfg Config) (*Processor, error) {
 		kgo.OnPartitionsRevoked(p.onRevoked),
 		kgo.OnPartitionsLost(p.onLost),
 	)
+	// The consumer group starts inside NewClient, so a rebalance callback
+	// can run before p.cl is set: callbacks wait for clSet.
+	p.clSet = make(chan struct{})
 	cl, err := kgo.NewClient(opts...)
 	if err != nil {
 		return nil, fmt.Errorf("processor: kafka client: %w", err)
 	}
+	p.cl = cl
+	close(p.clSet)
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
 	if err := cl.Ping(ctx); err != nil {
 		cl.Close()
 		return nil, fmt.Errorf("processor: ping kafka: %w", err)
 	}
-	p.cl = cl
 	return p, nil
 }
 
@@ -602,6 +607,7 @@ func (p *Processor) restore(ctx context.Context, ids []int32) error {
 }
 
 func (p *Processor) onAssigned(ctx context.Context, _ *kgo.Client, assigned map[string][]int32) {
+	<-p.clSet
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if err := p.restore(ctx, assigned[p.cfg.Topics.Telemetry]); err != nil {
@@ -615,6 +621,7 @@ func (p *Processor) onAssigned(ctx context.Context, _ *kgo.Client, assigned map[
 // onRevoked stores and commits what the revoked partitions closed, then
 // drops their state; the next owner rebuilds open windows by replay.
 func (p *Processor) onRevoked(ctx context.Context, _ *kgo.Client, revoked map[string][]int32) {
+	<-p.clSet
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	parts := map[int32]*partition{}
