@@ -32,7 +32,7 @@ const (
 	crashPartitions = 6
 )
 
-var crashSizes = []time.Duration{10 * time.Second, 30 * time.Second}
+var crashSizes = []time.Duration{2 * time.Second, 10 * time.Second}
 
 // crashSeed returns the run's seed: IOTPIPE_CRASH_SEED, else the clock.
 func crashSeed(t *testing.T) uint64 {
