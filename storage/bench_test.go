@@ -40,3 +40,27 @@ func BenchmarkWriteBatch(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.N*(len(rs)+len(ws)))/b.Elapsed().Seconds(), "rows/s")
 }
+
+// BenchmarkWriteReadings measures the readings insert alone at the
+// processor's default MaxBatchRows (50k): raw readings are most of the rows
+// it writes.
+//
+//	go test ./storage -run '^$' -bench WriteReadings
+func BenchmarkWriteReadings(b *testing.B) {
+	s := openT(b, chdbKind().cfg(b))
+	ctx := ctxT(b)
+	const devices, perDevice = 250, 200
+	rs := make([]Reading, 0, devices*perDevice)
+	for i := range perDevice { // in event-time order, devices interleaved, as the processor sees them
+		for d := range devices {
+			rs = append(rs, Reading{Device: fmt.Sprintf("dev-%04d", d), Metric: "temperature",
+				Time: t0.Add(time.Duration(i)*time.Second + time.Duration(d)*time.Millisecond), Value: float64(d) + float64(i)*0.25})
+		}
+	}
+	for b.Loop() {
+		if err := s.WriteBatch(ctx, nil, rs); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.N*len(rs))/b.Elapsed().Seconds(), "rows/s")
+}

@@ -134,6 +134,9 @@ type chdbSession struct {
 	conn unsafe.Pointer // chdb_connection*; nil when closed
 	path string
 	refs int
+	// files are the insert batch files (chdb_insert.go); own lock, so a
+	// batch is encoded while another statement runs.
+	files batchFiles
 }
 
 var session chdbSession
@@ -169,8 +172,14 @@ func (s *chdbSession) acquire(path string) error {
 		return fmt.Errorf("storage: chdb_connect(%s) failed (is another process using this directory?)", path)
 	}
 	s.lib, s.conn, s.path, s.refs = lib, conn, path, 1
-	// Inserts embed their batch in the query text (see chdbEngine.insert),
-	// so lift the 256 KiB parser limit for this session.
+	// After connect: chDB holds the data path's lock now, so stale batch
+	// files there are this path's own leftovers, never another process's.
+	if err := s.files.open(path); err != nil {
+		s.closeLocked()
+		return err
+	}
+	// Statements may be long (Summary's device list), so lift the 256 KiB
+	// parser limit for this session.
 	if _, err := s.runLocked("SET max_query_size = 1073741824", "TabSeparated"); err != nil {
 		s.closeLocked()
 		return fmt.Errorf("storage: configure chDB session: %w", err)
@@ -196,6 +205,7 @@ func (s *chdbSession) closeLocked() {
 	sig := saveSignals()
 	s.lib.closeConn(s.conn)
 	sig.restore()
+	s.files.close()
 	s.conn, s.path, s.refs = nil, "", 0
 }
 

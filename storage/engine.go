@@ -3,10 +3,7 @@ package storage
 import (
 	"context"
 	"fmt"
-	"math"
-	"strconv"
 	"strings"
-	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
@@ -37,9 +34,6 @@ type rows interface {
 type chdbEngine struct {
 	closed bool
 }
-
-// chdbInsertBatch bounds the size of one INSERT statement's text.
-const chdbInsertBatch = 20000
 
 func openChdb(path string) (*chdbEngine, error) {
 	if err := session.acquire(path); err != nil {
@@ -72,83 +66,7 @@ func (e *chdbEngine) query(ctx context.Context, query string, args ...any) (rows
 	return newTSVRows(out), nil
 }
 
-// insert reads rows through the format() table function so each value is
-// sent as exact text: floats as their IEEE-754 bits (ClickHouse's data-format
-// float parser is off by an ulp on some 17-digit values, even with
-// precise_float_parsing) and times as Unix milliseconds.
-func (e *chdbEngine) insert(ctx context.Context, table string, cols []string, n int, row func(int) []any) error {
-	if n == 0 {
-		return nil
-	}
-	first := row(0)
-	if len(first) != len(cols) {
-		return fmt.Errorf("storage: %d values for %d columns", len(first), len(cols))
-	}
-	structure := make([]string, len(first))
-	exprs := make([]string, len(first))
-	for j, v := range first {
-		c := fmt.Sprintf("c%d", j)
-		exprs[j] = c
-		switch v.(type) {
-		case string:
-			structure[j] = c + " String"
-		case float64:
-			structure[j] = c + " UInt64"
-			exprs[j] = "reinterpretAsFloat64(" + c + ")"
-		case uint32:
-			structure[j] = c + " UInt32"
-		case uint64:
-			structure[j] = c + " UInt64"
-		case int, int64:
-			structure[j] = c + " Int64"
-		case time.Time:
-			structure[j] = c + " Int64"
-			exprs[j] = "fromUnixTimestamp64Milli(" + c + ", 'UTC')"
-		default:
-			return fmt.Errorf("storage: cannot insert %T", v)
-		}
-	}
-	// input() would avoid quoting the data twice, but chDB does not feed
-	// inline data to it (the insert silently writes nothing).
-	head := "INSERT INTO " + table + " (" + strings.Join(cols, ", ") + ") SELECT " + strings.Join(exprs, ", ") +
-		" FROM format(Values, " + quoteString(strings.Join(structure, ", ")) + ", "
-	var b strings.Builder
-	for lo := 0; lo < n; lo += chdbInsertBatch {
-		hi := min(lo+chdbInsertBatch, n)
-		b.Reset()
-		for i := lo; i < hi; i++ {
-			if i > lo {
-				b.WriteByte(',')
-			}
-			b.WriteByte('(')
-			for j, v := range row(i) {
-				if j > 0 {
-					b.WriteByte(',')
-				}
-				switch x := v.(type) {
-				case float64:
-					b.WriteString(strconv.FormatUint(math.Float64bits(x), 10))
-				case time.Time:
-					b.WriteString(strconv.FormatInt(x.UnixMilli(), 10))
-				default:
-					lit, err := literal(v)
-					if err != nil {
-						return err
-					}
-					b.WriteString(lit)
-				}
-			}
-			b.WriteByte(')')
-		}
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		if _, err := session.run(head+quoteString(b.String())+")", "TabSeparated"); err != nil {
-			return err
-		}
-	}
-	return nil
-}
+// chdbEngine.insert (RowBinary through a batch file) is in chdb_insert.go.
 
 func (e *chdbEngine) close() error {
 	if !e.closed {

@@ -61,7 +61,7 @@ func quoteIdent(s string) string {
 // formatFloat renders f so ClickHouse's SQL parser reads back the identical
 // float64: shortest round-trip digits, and ClickHouse's spelling of NaN and
 // infinities. Only for SQL text: the data-format parsers (VALUES, TSV, JSON)
-// are not correctly rounded, so inserts send floats as bit patterns.
+// are not correctly rounded, so chDB inserts send floats as RowBinary bytes.
 func formatFloat(f float64) string {
 	switch {
 	case math.IsNaN(f):

@@ -155,23 +155,30 @@ func (s *Store) WriteBatch(ctx context.Context, windows []Window, readings []Rea
 		}
 	}
 	if len(windows) > 0 {
-		err := s.eng.insert(ctx, s.sql("{db}.windows"), windowCols, len(windows), func(i int) []any {
-			w := &windows[i]
-			return []any{w.Device, w.Metric, uint32(w.Size / time.Second), w.Start.UTC(), w.Count,
-				w.Sum, w.Min, w.Max, w.First, w.Last, w.FirstAt.UTC(), w.LastAt.UTC(), w.Version}
-		})
+		err := s.insertRows(ctx, "{db}.windows", windowCols, len(windows), windowRB,
+			func(i int) []any { return windowRow(&windows[i]) },
+			func(b []byte, i int) []byte { return appendWindowRB(b, &windows[i]) })
 		if err != nil {
 			return fmt.Errorf("storage: insert %d windows: %w", len(windows), err)
 		}
 	}
 	if len(readings) > 0 {
-		err := s.eng.insert(ctx, s.sql("{db}.readings"), readingCols, len(readings), func(i int) []any {
-			r := &readings[i]
-			return []any{r.Device, r.Metric, r.Time.UTC(), r.Value}
-		})
+		err := s.insertRows(ctx, "{db}.readings", readingCols, len(readings), readingRB,
+			func(i int) []any { return readingRow(&readings[i]) },
+			func(b []byte, i int) []byte { return appendReadingRB(b, &readings[i]) })
 		if err != nil {
 			return fmt.Errorf("storage: insert %d readings: %w", len(readings), err)
 		}
 	}
 	return nil
+}
+
+// insertRows inserts n rows into table: as typed RowBinary where the engine
+// takes it (chDB; appendRB encodes row i in layout sch), else as values.
+func (s *Store) insertRows(ctx context.Context, table string, cols []string, n int, sch *rbSchema,
+	row func(i int) []any, appendRB func(b []byte, i int) []byte) error {
+	if e, ok := s.eng.(rbEngine); ok {
+		return e.insertRB(ctx, s.sql(table), cols, sch, n, func(b []byte, i int) ([]byte, error) { return appendRB(b, i), nil })
+	}
+	return s.eng.insert(ctx, s.sql(table), cols, n, row)
 }
