@@ -198,8 +198,9 @@ func (r *outageRig) committed() map[int32]committedCheckpoint {
 	defer cancel()
 	out := map[int32]committedCheckpoint{}
 	resp, err := r.adm.FetchOffsets(ctx, r.group)
-	if errors.Is(err, kerr.GroupIDNotFound) {
-		return out // not joined yet
+	if errors.Is(err, kerr.GroupIDNotFound) || errors.Is(err, kerr.CoordinatorNotAvailable) ||
+		errors.Is(err, kerr.CoordinatorLoadInProgress) || errors.Is(err, kerr.NotCoordinator) {
+		return out // not joined yet, or a new group's coordinator is still loading (Apache Kafka)
 	}
 	if err != nil {
 		r.t.Fatalf("fetch offsets: %v", err)

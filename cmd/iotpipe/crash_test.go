@@ -124,7 +124,11 @@ func TestCrashSIGKILLExactlyOnce(t *testing.T) {
 			after = time.Duration(rng.Int64N(int64(1500 * time.Millisecond)))
 			time.Sleep(after) // the random kill moment
 		} else {
+			// after the process joined the group (Apache Kafka delays a new
+			// group's first rebalance by 3s), so that it processes between
+			// kills and the backlog stays within crashAhead
 			p.waitReady(t)
+			testkafka.Eventually(t, 60*time.Second, p.name+" joins the group", func() bool { return len(r.members()) > 0 })
 			after = time.Duration(rng.Int64N(int64(4*time.Second))) + 200*time.Millisecond
 			time.Sleep(after) // the random kill moment
 		}
@@ -132,7 +136,7 @@ func TestCrashSIGKILLExactlyOnce(t *testing.T) {
 		gone := r.evict()
 		kills++
 		committed, end := r.progress()
-		t.Logf("kill %d at %v after start (%v into the test); evicted %d member(s); committed %v of %v",
+		t.Logf("kill %d at %v after start or join (%v into the test); evicted %d member(s); committed %v of %v",
 			kills, after.Round(time.Millisecond), time.Since(began).Round(time.Millisecond), len(gone), committed, end)
 		if kills >= 30 {
 			t.Fatalf("still producing after %d kills", kills)
