@@ -20,19 +20,17 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"maps"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 	"github.com/twmb/franz-go/pkg/kadm"
-	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
-	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/iotpipe/iotpipe/internal/bus"
 	"github.com/iotpipe/iotpipe/processor/window"
@@ -79,24 +77,46 @@ type Processor struct {
 	wcfg    window.Config
 	backoff func(attempt int) time.Duration
 
+	w           *writer      // stores sealed batches and commits them, in order
+	commitMu    sync.Mutex   // guards partition.gone and .committed; held while committing
+	retryCommit atomic.Bool  // a commit failed: seal the next flush even if nothing changed
+	rows        atomic.Int64 // pending windows + readings over all partitions (workers add)
+	stalled     atomic.Int64 // ns the poll loop waited for the writer (see clock)
+
 	mu        sync.Mutex // guards everything below; held by the poll loop and the rebalance callbacks
 	parts     map[int32]*partition
-	rows      int // pending windows + readings over all partitions
 	lastFlush time.Time
 	fatal     error
-	dlMu      sync.Mutex
-	dlErr     error // first failed dead-letter produce
-	dec       *decoder
-	finalBuf  []window.Window
-	open      int // open windows at the last maybeFlush
+	dl        *dlGroup // dead letters of the batch being built
+	open      int      // open windows at the last maybeFlush
+	work      []*fetched
+	cpBuf     []batchCheckpoint
 }
 
+// partition is one owned partition. Between seals its engine, decoder and
+// pending rows are used by one goroutine at a time: a poll's worker for the
+// partition, or the poll loop (with mu held) otherwise.
 type partition struct {
-	eng       *window.Engine
+	eng      *window.Engine
+	dec      *decoder
+	finalBuf []window.Window
+	sealed   window.Checkpoint // checkpoint in the last sealed batch
+	windows  []storage.Window
+	readings []storage.Reading
+	closed   []closeMark // when part.windows became final, for freshness
+
+	// guarded by Processor.commitMu
+	gone      bool              // revoked or lost: never commit for it again
 	committed window.Checkpoint // last committed, to skip commits that change nothing
-	windows   []storage.Window
-	readings  []storage.Reading
-	closed    []closeMark // when part.windows became final, for freshness
+}
+
+// fetched is one partition's share of a poll still to be processed.
+type fetched struct {
+	id      int32
+	part    *partition
+	recs    []*kgo.Record
+	highWM  int64
+	handled int
 }
 
 // closeMark: the next n windows of partition.windows became final at at.
@@ -116,14 +136,15 @@ func New(cfg Config) (*Processor, error) {
 		log:   cfg.Logger.With().Str("component", "processor").Logger(),
 		m:     newMetrics(),
 		parts: make(map[int32]*partition),
-		dec:   newDecoder(),
-		wcfg: window.Config{Sizes: cfg.WindowSizes, AllowedLateness: cfg.AllowedLateness,
-			IdleTimeout: cfg.IdleTimeout},
+		w:     newWriter(),
+		dl:    newDLGroup(),
 		backoff: func(attempt int) time.Duration {
 			return min(100*time.Millisecond<<min(attempt, 10), 5*time.Second)
 		},
 		lastFlush: time.Now(),
 	}
+	p.wcfg = window.Config{Sizes: cfg.WindowSizes, AllowedLateness: cfg.AllowedLateness,
+		IdleTimeout: cfg.IdleTimeout, Clock: p.clock}
 	if cfg.Metrics != nil {
 		if err := p.m.register(cfg.Metrics); err != nil {
 			return nil, fmt.Errorf("processor: register metrics: %w", err)
@@ -206,10 +227,49 @@ func (c *Config) defaults() error {
 // Run consumes until ctx is done, then stores and commits what is closed and
 // leaves the group. It returns nil after a clean shutdown, or the error that
 // stopped processing (nothing past unstored data is ever committed).
+//
+// The poll loop decodes and aggregates (each fetched partition on its own
+// goroutine), and seals the rows into batches; a writer goroutine stores the
+// batches and commits their checkpoints in order, so consumption goes on
+// while a batch is written. When the writer is behind the poll loop waits
+// (see maxInFlight): storage down stops consumption.
 func (p *Processor) Run(ctx context.Context) error {
-	defer p.cl.Close()
+	wctx, stopWrites := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopWrites()
+	p.startWriter(wctx)
+	err := p.run(ctx)
+	// Store and commit what is final; open windows are rebuilt by the next
+	// owner from the committed offset and watermark.
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 15*time.Second)
+	defer cancel()
+	p.mu.Lock()
+	ferr := p.maybeFlush(sctx, true)
+	if ferr == nil {
+		ferr = p.w.waitQueue(sctx, 0)
+	}
+	p.mu.Unlock()
+	if ferr != nil {
+		stopWrites() // give up the queue: nothing more is committed
+	}
+	// Leaving the group revokes everything; the writer still runs for it.
+	p.cl.Close()
+	stopWrites()
+	p.stopWriter()
+	if err != nil {
+		return err
+	}
+	if ferr != nil {
+		return fmt.Errorf("processor: final flush: %w", ferr)
+	}
+	return nil
+}
+
+func (p *Processor) run(ctx context.Context) error {
 	tick := min(p.cfg.FlushInterval, p.cfg.IdleTimeout)
 	for ctx.Err() == nil {
+		if err := p.w.failed(); err != nil {
+			return err
+		}
 		if p.open >= p.cfg.MaxOpenWindows {
 			// Full: fetch nothing until windows close (see MaxOpenWindows).
 			p.m.paused.Set(1)
@@ -240,13 +300,7 @@ func (p *Processor) Run(ctx context.Context) error {
 		p.mu.Lock()
 		err := p.fatal
 		if err == nil {
-			fs.EachPartition(func(ft kgo.FetchTopicPartition) {
-				// A poll that ends by its deadline reports the context error
-				// as partition -1 of topic "": no partition to process.
-				if ft.Topic == p.cfg.Topics.Telemetry && ft.Partition >= 0 {
-					err = errors.Join(err, p.process(ctx, ft))
-				}
-			})
+			err = p.process(ctx, fs)
 		}
 		if err == nil {
 			err = p.maybeFlush(ctx, false)
@@ -257,44 +311,88 @@ func (p *Processor) Run(ctx context.Context) error {
 			return err
 		}
 	}
-	// Store and commit what is final; open windows are rebuilt by the next
-	// owner from the committed offset and watermark.
-	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 15*time.Second)
-	defer cancel()
-	p.mu.Lock()
-	err := p.maybeFlush(sctx, true)
-	p.mu.Unlock()
-	if err != nil {
-		return fmt.Errorf("processor: final flush: %w", err)
-	}
 	return nil
 }
 
-// process runs one fetched partition's records through decoding and its engine.
-func (p *Processor) process(ctx context.Context, ft kgo.FetchTopicPartition) error {
-	part := p.parts[ft.Partition]
-	if part == nil {
-		// OnPartitionsAssigned runs before fetches start, so this is a bug;
-		// restoring here keeps the exactly-once rule anyway.
-		if err := p.restore(ctx, []int32{ft.Partition}); err != nil {
-			return err
+// process runs one poll's records through decoding and the partitions'
+// engines: each partition with records on its own goroutine, in offset
+// order within it. When the pending rows reach MaxBatchRows the workers
+// stop, the batch is sealed (waiting for the writer if it is behind) and
+// they go on. Called with p.mu held.
+func (p *Processor) process(ctx context.Context, fs kgo.Fetches) error {
+	work := p.work[:0]
+	var err error
+	fs.EachPartition(func(ft kgo.FetchTopicPartition) {
+		// A poll that ends by its deadline reports the context error
+		// as partition -1 of topic "": no partition to process.
+		if ft.Topic != p.cfg.Topics.Telemetry || ft.Partition < 0 || len(ft.Records) == 0 || err != nil {
+			return
 		}
-		part = p.parts[ft.Partition]
-	}
-	for _, r := range ft.Records {
-		p.m.consumed.Inc()
-		p.handle(part, r)
-		if p.rows >= p.cfg.MaxBatchRows {
-			if err := p.maybeFlush(ctx, true); err != nil {
-				return err
+		part := p.parts[ft.Partition]
+		if part == nil {
+			// OnPartitionsAssigned runs before fetches start, so this is a
+			// bug; restoring here keeps the exactly-once rule anyway.
+			if err = p.restore(ctx, []int32{ft.Partition}); err != nil {
+				return
+			}
+			part = p.parts[ft.Partition]
+		}
+		work = append(work, &fetched{id: ft.Partition, part: part, recs: ft.Records, highWM: ft.HighWatermark})
+	})
+	defer func() {
+		clear(work)
+		p.work = work[:0]
+	}()
+	for err == nil && len(work) > 0 {
+		if len(work) == 1 {
+			p.handleAll(work[0])
+		} else {
+			var wg sync.WaitGroup
+			for _, f := range work[1:] {
+				wg.Go(func() { p.handleAll(f) })
+			}
+			p.handleAll(work[0])
+			wg.Wait()
+		}
+		rest := work[:0]
+		for _, f := range work {
+			if f.handled < len(f.recs) {
+				rest = append(rest, f)
+			} else if n := len(f.recs); n > 0 {
+				lag := max(f.highWM-f.recs[n-1].Offset-1, 0)
+				p.m.lag.WithLabelValues(strconv.Itoa(int(f.id))).Set(float64(lag))
 			}
 		}
+		work = rest
+		if len(work) > 0 {
+			err = p.seal(ctx, true)
+		}
 	}
-	if n := len(ft.Records); n > 0 {
-		lag := max(ft.HighWatermark-ft.Records[n-1].Offset-1, 0)
-		p.m.lag.WithLabelValues(strconv.Itoa(int(ft.Partition))).Set(float64(lag))
+	return err
+}
+
+// rowSync is how many records a worker handles between adding its rows to
+// the shared count (and checking it against MaxBatchRows).
+const rowSync = 32
+
+// handleAll handles f's records from f.handled on until all are handled or
+// the pending rows reach MaxBatchRows.
+func (p *Processor) handleAll(f *fetched) {
+	limit := int64(p.cfg.MaxBatchRows)
+	start, rows := f.handled, 0
+	full := p.rows.Load() >= limit
+	for f.handled < len(f.recs) && !full {
+		rows += p.handle(f.part, f.recs[f.handled])
+		f.handled++
+		if (f.handled-start)%rowSync == 0 || f.handled == len(f.recs) {
+			full = p.rows.Add(int64(rows)) >= limit
+			rows = 0
+		}
 	}
-	return nil
+	if rows > 0 {
+		p.rows.Add(int64(rows))
+	}
+	p.m.consumed.Add(float64(f.handled - start))
 }
 
 // header returns the value of the first header named key, without copying.
@@ -307,18 +405,20 @@ func header(r *kgo.Record, key string) []byte {
 	return nil
 }
 
-func (p *Processor) handle(part *partition, r *kgo.Record) {
+// handle runs one record through the partition's decoder and engine and
+// returns the rows it added. It touches only part (and thread-safe state).
+func (p *Processor) handle(part *partition, r *kgo.Record) int {
 	var device string
 	if h := header(r, bus.HeaderDevice); len(h) > 0 {
-		device = p.dec.intern(h)
+		device = part.dec.intern(h)
 	} else if len(r.Key) > 0 {
-		device = p.dec.intern(r.Key)
+		device = part.dec.intern(r.Key)
 	}
 	if device == "" {
 		if !part.eng.Skip(r.Offset) {
 			p.deadLetter(r, ReasonMissingDevice, "no iot-device header and no record key")
 		}
-		return
+		return 0
 	}
 	var recv time.Time
 	ms, err := strconv.ParseInt(string(header(r, bus.HeaderReceivedAt)), 10, 64)
@@ -329,17 +429,22 @@ func (p *Processor) handle(part *partition, r *kgo.Record) {
 	if d := header(r, bus.HeaderTopic); len(d) > 0 && len(r.Value) > 0 && r.Value[0] != '{' {
 		mqttTopic = string(d) // only a bare number needs the topic
 	}
-	d, derr := p.dec.decode(r.Value, mqttTopic, recv, err == nil)
+	d, derr := part.dec.decode(r.Value, mqttTopic, recv, err == nil)
 	if derr != nil {
 		if !part.eng.Skip(r.Offset) {
-			p.m.ignored.Add(float64(d.ignored))
+			if d.ignored > 0 {
+				p.m.ignored.Add(float64(d.ignored))
+			}
 			p.deadLetter(r, derr.reason, derr.detail)
 		}
-		return
+		return 0
 	}
+	rows := 0
 	out := part.eng.Add(window.Record{Offset: r.Offset, Device: device, Time: d.time, Values: d.values})
 	if !out.Replayed {
-		p.m.ignored.Add(float64(d.ignored))
+		if d.ignored > 0 {
+			p.m.ignored.Add(float64(d.ignored))
+		}
 		for i, v := range d.values {
 			if out.Counted[i] {
 				at := d.time
@@ -347,7 +452,7 @@ func (p *Processor) handle(part *partition, r *kgo.Record) {
 					at = v.Time
 				}
 				part.readings = append(part.readings, storage.Reading{Device: device, Metric: v.Metric, Time: at, Value: v.Value})
-				p.rows++
+				rows++
 			}
 		}
 		if len(out.TooLate) > 0 {
@@ -355,24 +460,28 @@ func (p *Processor) handle(part *partition, r *kgo.Record) {
 				d.time.Format(time.RFC3339Nano), out.TooLate, part.eng.Watermark().Format(time.RFC3339Nano)))
 		}
 	}
-	p.takeFinal(part)
+	return rows + takeFinal(part)
 }
 
-func (p *Processor) takeFinal(part *partition) {
+// takeFinal moves the engine's final windows to part.windows and returns
+// how many.
+func takeFinal(part *partition) int {
 	if part.eng.Pending() == 0 {
-		return
+		return 0
 	}
 	n := len(part.windows)
-	p.finalBuf = part.eng.Final(p.finalBuf[:0])
-	for _, w := range p.finalBuf {
+	part.finalBuf = part.eng.Final(part.finalBuf[:0])
+	for _, w := range part.finalBuf {
 		part.windows = append(part.windows, storage.Window(w))
 	}
-	p.rows += len(part.windows) - n
+	clear(part.finalBuf)
 	part.closed = append(part.closed, closeMark{len(part.windows) - n, time.Now()})
+	return len(part.windows) - n
 }
 
 // deadLetter produces the original record, bytes and headers intact, to the
-// dead-letter topic. Produces are awaited (Flush) before any commit.
+// dead-letter topic. The batch being built waits for its acknowledgement
+// before its checkpoints are committed. Safe for concurrent use.
 func (p *Processor) deadLetter(r *kgo.Record, reason, detail string) {
 	p.m.deadletter.WithLabelValues(reason).Inc()
 	dl := &kgo.Record{
@@ -385,24 +494,21 @@ func (p *Processor) deadLetter(r *kgo.Record, reason, detail string) {
 			kgo.RecordHeader{Key: bus.HeaderSource, Value: fmt.Appendf(nil, "%s/%d/%d", r.Topic, r.Partition, r.Offset)},
 		),
 	}
-	p.cl.Produce(context.Background(), dl, func(_ *kgo.Record, err error) {
-		if err != nil {
-			p.dlMu.Lock()
-			p.dlErr = errors.Join(p.dlErr, err)
-			p.dlMu.Unlock()
-		}
-	})
+	g := p.dl // stable while records are handled: only seal replaces it
+	g.add()
+	p.cl.Produce(context.Background(), dl, func(_ *kgo.Record, err error) { g.done(err) })
 }
 
 // maybeFlush closes idle windows and, when forced, when the batch is full or
-// FlushInterval passed, stores all pending rows and then commits every
-// partition's checkpoint. Called with p.mu held.
+// FlushInterval passed, seals the pending rows into a batch for the writer.
+// A batch due only by time is not sealed while the writer is busy: it keeps
+// growing instead. Called with p.mu held.
 func (p *Processor) maybeFlush(ctx context.Context, force bool) error {
 	now := time.Now()
 	open, bytes := 0, 0
 	for _, part := range p.parts {
-		if part.eng.AdvanceIdle(now) {
-			p.takeFinal(part)
+		if part.eng.AdvanceIdle(p.clock()) {
+			p.rows.Add(int64(takeFinal(part)))
 		}
 		open += part.eng.Open()
 		bytes += part.eng.StateBytes()
@@ -410,57 +516,100 @@ func (p *Processor) maybeFlush(ctx context.Context, force bool) error {
 	p.open = open
 	p.m.open.Set(float64(open))
 	p.m.stateBytes.Set(float64(bytes))
-	if !force && p.rows < p.cfg.MaxBatchRows && now.Sub(p.lastFlush) < p.cfg.FlushInterval {
+	full := p.rows.Load() >= int64(p.cfg.MaxBatchRows)
+	if !force && !full && now.Sub(p.lastFlush) < p.cfg.FlushInterval {
 		return nil
 	}
-	if err := p.store(ctx, p.parts); err != nil {
-		return err
-	}
-	p.lastFlush = now
-	return p.commit(ctx, p.parts)
+	return p.seal(ctx, force || full)
 }
 
-// store writes the pending rows of parts, retrying with backoff until it
-// succeeds or ctx ends. No records are fetched meanwhile: the caller holds
-// the poll.
-func (p *Processor) store(ctx context.Context, parts map[int32]*partition) error {
-	var ws []storage.Window
-	var rs []storage.Reading
-	for _, part := range parts {
-		ws = append(ws, part.windows...)
-		rs = append(rs, part.readings...)
-	}
-	if len(ws)+len(rs) > 0 {
-		for attempt := 0; ; attempt++ {
-			start := time.Now()
-			err := p.cfg.Sink.WriteBatch(ctx, ws, rs)
-			p.m.writeLatency.Observe(time.Since(start).Seconds())
-			if err == nil {
-				break
-			}
-			p.m.writeErrors.Inc()
-			p.log.Warn().Err(err).Int("attempt", attempt+1).Int("windows", len(ws)).Int("readings", len(rs)).Msg("storage write failed, retrying")
-			select {
-			case <-ctx.Done():
-				return fmt.Errorf("processor: store batch: %w (last error: %w)", ctx.Err(), err)
-			case <-time.After(p.backoff(attempt)):
-			}
+// seal moves every partition's pending rows into a new batch with the
+// partitions' checkpoints taken now, and queues it for the writer. With
+// wait it first waits until the writer has room (maxInFlight); without, it
+// seals nothing while the writer has no room. Called with p.mu held and no
+// records being handled.
+func (p *Processor) seal(ctx context.Context, wait bool) error {
+	if wait {
+		start := time.Now()
+		err := p.w.waitQueue(ctx, maxInFlight-1)
+		p.stalled.Add(int64(time.Since(start)))
+		if err != nil {
+			return err
 		}
-		p.m.windowsWritten.Add(float64(len(ws)))
 	}
-	stored := time.Now()
-	for _, part := range parts {
-		for _, c := range part.closed {
-			d := stored.Sub(c.at).Seconds()
-			for range c.n {
-				p.m.freshness.Observe(d)
-			}
-		}
-		p.rows -= len(part.windows) + len(part.readings)
+	return p.enqueue(wait)
+}
+
+// clock is the engines' processing-time clock: wall time minus the time the
+// poll loop waited for the writer. Idle detection (IdleTimeout) runs on it,
+// so a partition is idle when no record arrived while we were consuming,
+// not while storage held consumption up: a backlog that built up during a
+// storage outage is not dead-lettered as too late.
+func (p *Processor) clock() time.Time {
+	return time.Now().Add(-time.Duration(p.stalled.Load()))
+}
+
+// enqueue seals the batch; without anyway only when the writer has room
+// for it. Called with p.mu held.
+func (p *Processor) enqueue(anyway bool) error {
+	w := p.w
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.err != nil {
+		return w.err
+	}
+	if !anyway && len(w.queue) >= maxInFlight {
+		return nil
+	}
+	retry := p.retryCommit.Load()
+	changed := retry
+	nw, nr := 0, 0
+	cps := p.cpBuf[:0]
+	for id, part := range p.parts {
+		p.rows.Add(int64(takeFinal(part)))
+		nw += len(part.windows)
+		nr += len(part.readings)
+		cp := part.eng.Checkpoint()
+		cps = append(cps, batchCheckpoint{id: id, part: part, cp: cp})
+		changed = changed || cp != part.sealed
+	}
+	p.cpBuf = cps
+	p.lastFlush = time.Now()
+	if nw+nr == 0 && !changed {
+		return nil // nothing to store or commit; p.dl carries over
+	}
+	if !w.running {
+		return errors.New("processor: storage writer is not running")
+	}
+	var b *batch
+	if n := len(w.free); n > 0 {
+		b, w.free = w.free[n-1], w.free[:n-1]
+	} else {
+		b = &batch{}
+	}
+	b.done = make(chan struct{})
+	b.windows = slices.Grow(b.windows, nw)
+	b.readings = slices.Grow(b.readings, nr)
+	b.cps = append(b.cps[:0], cps...)
+	clear(cps)
+	for _, c := range b.cps {
+		part := c.part
+		part.sealed = c.cp
+		b.windows = append(b.windows, part.windows...)
+		b.readings = append(b.readings, part.readings...)
+		b.closed = append(b.closed, part.closed...)
 		clear(part.windows)
 		clear(part.readings)
 		part.windows, part.readings, part.closed = part.windows[:0], part.readings[:0], part.closed[:0]
 	}
+	p.rows.Store(0)
+	if retry {
+		p.retryCommit.Store(false)
+	}
+	b.dl, p.dl = p.dl, newDLGroup()
+	b.dl.seal()
+	w.queue = append(w.queue, b)
+	w.cond.Broadcast()
 	return nil
 }
 
@@ -501,77 +650,6 @@ func parseMeta(offset int64, meta string) window.Checkpoint {
 	return cp
 }
 
-// commit waits for the dead letters, then commits the checkpoint of every
-// partition in parts with the watermark in the commit metadata. It uses
-// kgo's commit (which fills in member id, generation and topic ids) and
-// rewrites the metadata just before the request goes out: kgo would
-// otherwise send the member id there.
-func (p *Processor) commit(ctx context.Context, parts map[int32]*partition) error {
-	if err := p.cl.Flush(ctx); err != nil {
-		return fmt.Errorf("processor: wait for dead letters: %w", err)
-	}
-	p.dlMu.Lock()
-	dlErr := p.dlErr
-	p.dlMu.Unlock()
-	if dlErr != nil {
-		return fmt.Errorf("processor: dead-letter produce failed, not committing: %w", dlErr)
-	}
-	offsets := map[int32]kgo.EpochOffset{}
-	meta := map[int32]string{}
-	cps := map[int32]window.Checkpoint{}
-	for id, part := range parts {
-		cp := part.eng.Checkpoint()
-		if cp.Offset < 0 || cp == part.committed {
-			continue
-		}
-		offsets[id] = kgo.EpochOffset{Epoch: -1, Offset: cp.Offset}
-		meta[id] = formatMeta(cp)
-		cps[id] = cp
-	}
-	if len(offsets) == 0 {
-		return nil
-	}
-	topic := p.cfg.Topics.Telemetry
-	cctx := kgo.PreCommitFnContext(ctx, func(req *kmsg.OffsetCommitRequest) error {
-		for i := range req.Topics {
-			for j := range req.Topics[i].Partitions {
-				rp := &req.Topics[i].Partitions[j]
-				if m, ok := meta[rp.Partition]; ok && req.Topics[i].Topic == topic {
-					rp.Metadata = &m
-				}
-			}
-		}
-		return nil
-	})
-	var cerr error
-	p.cl.CommitOffsetsSync(cctx, map[string]map[int32]kgo.EpochOffset{topic: offsets},
-		func(_ *kgo.Client, _ *kmsg.OffsetCommitRequest, resp *kmsg.OffsetCommitResponse, err error) {
-			if err != nil {
-				cerr = err
-				clear(cps)
-				return
-			}
-			for _, t := range resp.Topics {
-				for _, rp := range t.Partitions {
-					if err := kerr.ErrorForCode(rp.ErrorCode); err != nil {
-						cerr = errors.Join(cerr, fmt.Errorf("partition %d: %w", rp.Partition, err))
-						delete(cps, rp.Partition)
-					}
-				}
-			}
-		})
-	for id, cp := range cps {
-		parts[id].committed = cp
-	}
-	if cerr != nil {
-		// Not fatal: the data is stored, a later commit covers it, and a
-		// restart in between only replays (identical rows).
-		p.m.commitErrors.Inc()
-		p.log.Warn().Err(cerr).Msg("offset commit failed")
-	}
-	return nil
-}
-
 // restore builds the engines of newly assigned partitions from their
 // committed offsets and metadata. Called with p.mu held.
 func (p *Processor) restore(ctx context.Context, ids []int32) error {
@@ -599,7 +677,7 @@ func (p *Processor) restore(ctx context.Context, ids []int32) error {
 		if err != nil {
 			return fmt.Errorf("processor: window engine: %w", err)
 		}
-		p.parts[id] = &partition{eng: eng, committed: cp}
+		p.parts[id] = &partition{eng: eng, dec: newDecoder(), sealed: cp, committed: cp}
 		p.log.Debug().Int32("partition", id).Int64("offset", cp.Offset).Int64("next", cp.Next).
 			Time("watermark", cp.Watermark).Msg("partition assigned")
 	}
@@ -618,45 +696,54 @@ func (p *Processor) onAssigned(ctx context.Context, _ *kgo.Client, assigned map[
 	}
 }
 
-// onRevoked stores and commits what the revoked partitions closed, then
-// drops their state; the next owner rebuilds open windows by replay.
+// onRevoked seals what the revoked partitions (and the others) have pending
+// and waits until the writer has stored and committed it and every earlier
+// batch, then drops their state; the next owner rebuilds open windows by
+// replay.
 func (p *Processor) onRevoked(ctx context.Context, _ *kgo.Client, revoked map[string][]int32) {
 	<-p.clSet
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	parts := map[int32]*partition{}
+	var ids []int32
 	for _, id := range revoked[p.cfg.Topics.Telemetry] {
-		if part := p.parts[id]; part != nil {
-			parts[id] = part
+		if p.parts[id] != nil {
+			ids = append(ids, id)
 		}
 	}
-	if len(parts) > 0 {
+	if len(ids) > 0 {
 		// Bounded: the rebalance waits for us. If storage stays down the
-		// state is dropped uncommitted and the next owner replays.
+		// state is dropped uncommitted and the next owner replays; the
+		// queued batches are still stored for the partitions we keep.
 		sctx, cancel := context.WithTimeout(ctx, 20*time.Second)
-		err := p.store(sctx, parts)
+		err := p.enqueue(true) // one batch over maxInFlight at most: rebalances are rare
 		if err == nil {
-			err = p.commit(sctx, parts)
+			err = p.w.waitQueue(sctx, 0)
 		}
 		cancel()
 		if err != nil {
 			p.log.Warn().Err(err).Msg("revoke: could not store and commit, next owner replays")
 		}
 	}
-	p.drop(slices.Collect(maps.Keys(parts)))
+	p.drop(ids)
 }
 
 // onLost drops state: the partitions belong to someone else already.
 func (p *Processor) onLost(_ context.Context, _ *kgo.Client, lost map[string][]int32) {
+	<-p.clSet
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.drop(lost[p.cfg.Topics.Telemetry])
 }
 
+// drop forgets partitions: their pending rows, and any commit for them
+// still queued with the writer. Called with p.mu held.
 func (p *Processor) drop(ids []int32) {
+	p.commitMu.Lock()
+	defer p.commitMu.Unlock()
 	for _, id := range ids {
 		if part := p.parts[id]; part != nil {
-			p.rows -= len(part.windows) + len(part.readings)
+			part.gone = true
+			p.rows.Add(-int64(len(part.windows) + len(part.readings)))
 			delete(p.parts, id)
 			p.m.lag.DeleteLabelValues(strconv.Itoa(int(id)))
 		}
