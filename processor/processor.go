@@ -11,6 +11,10 @@
 // resumes the partition's engine from it; the window package doc explains
 // why the replay then reproduces exactly the windows of an uninterrupted run.
 //
+// Storage writes overlap consumption: the poll loop seals rows and
+// checkpoints into batches (see batch) and one writer goroutine stores and
+// commits them in order (see writer.go).
+//
 //	p, err := processor.New(processor.Config{Kafka: []kgo.Opt{kgo.SeedBrokers(seeds...)}, Sink: store, ...})
 //	if err != nil { ... }
 //	err = p.Run(ctx) // until ctx is done
@@ -405,6 +409,25 @@ func header(r *kgo.Record, key string) []byte {
 	return nil
 }
 
+// parseMillis is strconv.ParseInt(string(b), 10, 64) without the string:
+// plain digits (the broker's format) are parsed here, anything else by
+// strconv.
+func parseMillis(b []byte) (int64, bool) {
+	if len(b) == 0 || len(b) > 18 {
+		n, err := strconv.ParseInt(string(b), 10, 64)
+		return n, err == nil
+	}
+	var n int64
+	for _, c := range b {
+		if c < '0' || c > '9' {
+			n, err := strconv.ParseInt(string(b), 10, 64)
+			return n, err == nil
+		}
+		n = n*10 + int64(c-'0')
+	}
+	return n, true
+}
+
 // handle runs one record through the partition's decoder and engine and
 // returns the rows it added. It touches only part (and thread-safe state).
 func (p *Processor) handle(part *partition, r *kgo.Record) int {
@@ -421,15 +444,15 @@ func (p *Processor) handle(part *partition, r *kgo.Record) int {
 		return 0
 	}
 	var recv time.Time
-	ms, err := strconv.ParseInt(string(header(r, bus.HeaderReceivedAt)), 10, 64)
-	if err == nil {
+	ms, ok := parseMillis(header(r, bus.HeaderReceivedAt))
+	if ok {
 		recv = time.UnixMilli(ms).UTC()
 	}
 	var mqttTopic string
 	if d := header(r, bus.HeaderTopic); len(d) > 0 && len(r.Value) > 0 && r.Value[0] != '{' {
 		mqttTopic = string(d) // only a bare number needs the topic
 	}
-	d, derr := part.dec.decode(r.Value, mqttTopic, recv, err == nil)
+	d, derr := part.dec.decode(r.Value, mqttTopic, recv, ok)
 	if derr != nil {
 		if !part.eng.Skip(r.Offset) {
 			if d.ignored > 0 {
