@@ -465,17 +465,6 @@ func (e *Engine) AdvanceIdle(now time.Time) bool {
 	return len(e.final) > n
 }
 
-// NotIdle restarts the idle clock at now without a record. The caller uses
-// it while the partition is not known to be caught up (records may be
-// waiting in Kafka, e.g. after consumption paused for a storage outage):
-// silence that comes from not reading is not idleness, and advancing the
-// watermark then would make the waiting backlog too late.
-func (e *Engine) NotIdle(now time.Time) {
-	if now.After(e.lastSeen) {
-		e.lastSeen = now
-	}
-}
-
 func (e *Engine) closeFinal() {
 	for len(e.ends) > 0 && e.ends[0] <= e.watermark {
 		end := heap.Pop(&e.ends).(int64)
