@@ -45,29 +45,6 @@ type crashWin struct {
 	Start  int64         `json:"start"` // Unix seconds
 }
 
-// crashAgg is what the test compares per window.
-type crashAgg struct {
-	Count uint64  `json:"count"`
-	Sum   float64 `json:"sum"`
-	Min   float64 `json:"min"`
-	Max   float64 `json:"max"`
-}
-
-func (a crashAgg) add(v float64) crashAgg {
-	if a.Count == 0 {
-		a.Min, a.Max = v, v
-	}
-	a.Count++
-	a.Sum += v
-	a.Min = math.Min(a.Min, v)
-	a.Max = math.Max(a.Max, v)
-	return a
-}
-
-func (a crashAgg) equal(b crashAgg) bool {
-	return a.Count == b.Count && near(a.Sum, b.Sum) && a.Min == b.Min && a.Max == b.Max
-}
-
 // crashStream is the stream a crash test produces: crashDevices devices, one
 // record per device per tick carrying two metrics, event time ahead of the
 // wall clock by ahead (so an idle advance, which moves the watermark to wall
@@ -129,8 +106,8 @@ func newCrashStream(rng *rand.Rand, devices, ticks int, tick time.Duration, t0 t
 // expected is the brute-force aggregation of the stream's distinct readings
 // ((device, metric, event time) identifies a reading; duplicates are exact
 // copies here) for each size.
-func (s *crashStream) expected(sizes []time.Duration) map[crashWin]crashAgg {
-	out := map[crashWin]crashAgg{}
+func (s *crashStream) expected(sizes []time.Duration) map[crashWin]agg {
+	out := map[crashWin]agg{}
 	type id struct {
 		device string
 		at     int64
@@ -482,7 +459,7 @@ const (
 
 // readStore returns every stored window of the chDB store at path, as
 // Series reports it (FINAL: per window the highest version).
-func readStore(t *testing.T, path string, sizes []time.Duration) map[crashWin]crashAgg {
+func readStore(t *testing.T, path string, sizes []time.Duration) map[crashWin]agg {
 	t.Helper()
 	out := filepath.Join(t.TempDir(), "dump.jsonl")
 	ss := make([]string, len(sizes))
@@ -499,12 +476,12 @@ func readStore(t *testing.T, path string, sizes []time.Duration) map[crashWin]cr
 		t.Fatal(err)
 	}
 	defer f.Close()
-	got := map[crashWin]crashAgg{}
+	got := map[crashWin]agg{}
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
 		var row struct {
 			crashWin
-			crashAgg
+			agg
 		}
 		if err := json.Unmarshal(sc.Bytes(), &row); err != nil {
 			t.Fatalf("dump line %q: %v", sc.Text(), err)
@@ -512,7 +489,7 @@ func readStore(t *testing.T, path string, sizes []time.Duration) map[crashWin]cr
 		if _, dup := got[row.crashWin]; dup {
 			t.Errorf("store %s: window %+v listed twice", path, row.crashWin)
 		}
-		got[row.crashWin] = row.crashAgg
+		got[row.crashWin] = row.agg
 	}
 	if err := sc.Err(); err != nil {
 		t.Fatal(err)
@@ -600,7 +577,7 @@ func TestCrashStoreDumpHelper(t *testing.T) {
 			last := sort.Search(n, func(k int) bool { return len(summary(m, storage.Count, at(k), at(n))) == 0 }) - 1
 			listed := map[string]uint64{}
 			for k := first; k <= last; k++ {
-				rows := map[string]crashAgg{}
+				rows := map[string]agg{}
 				for _, a := range []storage.Aggregate{storage.Sum, storage.Min, storage.Max} {
 					for _, v := range summary(m, a, at(k), at(k+1)) {
 						g := rows[v.Device]
@@ -619,7 +596,7 @@ func TestCrashStoreDumpHelper(t *testing.T) {
 					listed[d] += g.Count
 					if err := enc.Encode(struct {
 						crashWin
-						crashAgg
+						agg
 					}{crashWin{d, m, size, at(k).Unix()}, g}); err != nil {
 						t.Fatal(err)
 					}
@@ -638,7 +615,7 @@ func TestCrashStoreDumpHelper(t *testing.T) {
 // compareWindows reports every difference between stored and expected
 // windows: missing, extra, and wrong (a count above the expected one is a
 // double count).
-func compareWindows(t *testing.T, got, want map[crashWin]crashAgg) {
+func compareWindows(t *testing.T, got, want map[crashWin]agg) {
 	t.Helper()
 	var missing, extra, doubled, wrong int
 	var report []string

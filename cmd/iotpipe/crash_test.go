@@ -207,8 +207,8 @@ func TestCrashTwoInstancesOneKilled(t *testing.T) {
 // both stores hold with different contents is resolved by the higher count:
 // a re-emission only differs when it has more readings, and more readings
 // mean a higher version (1 + highest contributing offset).
-func unionStores(a, b map[crashWin]crashAgg) (out map[crashWin]crashAgg, both, differ int) {
-	out = make(map[crashWin]crashAgg, len(a)+len(b))
+func unionStores(a, b map[crashWin]agg) (out map[crashWin]agg, both, differ int) {
+	out = make(map[crashWin]agg, len(a)+len(b))
 	for k, v := range a {
 		out[k] = v
 	}

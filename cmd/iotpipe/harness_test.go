@@ -298,12 +298,14 @@ type winKey struct {
 	start          time.Time
 }
 
+// agg is a window's brute-force aggregate: what the tests compare with the
+// stored windows.
 type agg struct {
-	count         uint64
-	sum, min, max float64
+	Count    uint64  `json:"count"`
+	Sum      float64 `json:"sum"`
+	Min, Max float64
 }
 
-// expected aggregates readings into tumbling windows of size by brute force.
 func expected(rs []reading, size time.Duration) map[winKey]agg {
 	out := map[winKey]agg{}
 	for _, r := range rs {
@@ -314,28 +316,32 @@ func expected(rs []reading, size time.Duration) map[winKey]agg {
 }
 
 func (a agg) add(v float64) agg {
-	if a.count == 0 {
-		a.min, a.max = v, v
+	if a.Count == 0 {
+		a.Min, a.Max = v, v
 	}
-	a.count++
-	a.sum += v
-	a.min = math.Min(a.min, v)
-	a.max = math.Max(a.max, v)
+	a.Count++
+	a.Sum += v
+	a.Min = math.Min(a.Min, v)
+	a.Max = math.Max(a.Max, v)
 	return a
+}
+
+func (a agg) equal(b agg) bool {
+	return a.Count == b.Count && near(a.Sum, b.Sum) && a.Min == b.Min && a.Max == b.Max
 }
 
 func (a agg) value(aggregate string) float64 {
 	switch aggregate {
 	case "count":
-		return float64(a.count)
+		return float64(a.Count)
 	case "sum":
-		return a.sum
+		return a.Sum
 	case "min":
-		return a.min
+		return a.Min
 	case "max":
-		return a.max
+		return a.Max
 	}
-	return a.sum / float64(a.count)
+	return a.Sum / float64(a.Count)
 }
 
 func near(a, b float64) bool {
@@ -400,9 +406,9 @@ func checkWindows(t *testing.T, cl *api.Client, rs []reading, step time.Duration
 					t.Errorf("%s/%s %s: unexpected bucket %s", dm[0], dm[1], aggregate, pt.Time)
 					continue
 				}
-				if !near(pt.Value, a.value(aggregate)) || pt.Count != a.count {
+				if !near(pt.Value, a.value(aggregate)) || pt.Count != a.Count {
 					t.Errorf("%s/%s %s at %s: got %v (count %d), want %v (count %d)", dm[0], dm[1], aggregate,
-						pt.Time.Format(time.RFC3339), pt.Value, pt.Count, a.value(aggregate), a.count)
+						pt.Time.Format(time.RFC3339), pt.Value, pt.Count, a.value(aggregate), a.Count)
 				}
 			}
 		}
