@@ -35,6 +35,9 @@ type options struct {
 	lateness    time.Duration
 	idleTimeout time.Duration
 	group       string
+	// sessionTimeout bounds how long a crashed processor's partitions wait
+	// for a new owner; the broker's group.min/max.session.timeout.ms apply.
+	sessionTimeout time.Duration
 
 	mqttAddr    string
 	maxPayload  int
@@ -83,6 +86,7 @@ func (o *options) addProcessor(fs *flag.FlagSet) {
 	fs.DurationVar(&o.lateness, "allowed-lateness", 5*time.Second, "how late (event time) a reading may arrive and still count")
 	fs.DurationVar(&o.idleTimeout, "idle-timeout", 10*time.Second, "after this long without records a partition's watermark follows the wall clock, closing its windows")
 	fs.StringVar(&o.group, "consumer-group", "iotpipe-processor", "Kafka consumer group of the processors")
+	fs.DurationVar(&o.sessionTimeout, "session-timeout", 45*time.Second, "how long the group waits for a processor that stopped heartbeating (crashed) before giving its partitions to another")
 }
 
 func (o *options) addBroker(fs *flag.FlagSet) {

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -153,8 +154,12 @@ func (e *env) newAPI(reg *registry.Registry, st *storage.Store, ready func(conte
 }
 
 func (e *env) newProcessor(st *storage.Store) (*processor.Processor, error) {
+	if e.o.sessionTimeout <= 0 {
+		return nil, fmt.Errorf("--session-timeout %v must be positive", e.o.sessionTimeout)
+	}
 	return processor.New(processor.Config{
-		Kafka: e.kafka, Topics: e.topics, Group: e.o.group, WindowSizes: e.o.windowSizes,
+		Kafka:  append(slices.Clone(e.kafka), kgo.SessionTimeout(e.o.sessionTimeout)),
+		Topics: e.topics, Group: e.o.group, WindowSizes: e.o.windowSizes,
 		AllowedLateness: e.o.lateness, IdleTimeout: e.o.idleTimeout, Sink: st,
 		Logger: e.log, Metrics: e.metrics,
 	})
