@@ -207,3 +207,85 @@ func (s *Store) strings(ctx context.Context, q string, args ...any) ([]string, e
 	}
 	return out, nil
 }
+
+// maxDateTime is the last second a DateTime column holds (2106-02-07).
+const maxDateTime = 1<<32 - 1
+
+// Windows lists stored windows as they stand after deduplication (FINAL: per
+// window the row with the highest Version), every field filled, ordered by
+// device, metric, size and start. It reads whole rows, so it is meant for
+// drill-down and verification, not for wide ranges on a busy store.
+func (s *Store) Windows(ctx context.Context, q WindowsQuery) ([]Window, error) {
+	if q.Size < 0 || q.Size%time.Second != 0 {
+		return nil, fmt.Errorf("%w: window size %v must be whole seconds", ErrBadStep, q.Size)
+	}
+	var (
+		conds []string
+		args  []any
+	)
+	if q.Device != "" {
+		conds, args = append(conds, "device = ?"), append(args, q.Device)
+	}
+	if q.Metric != "" {
+		conds, args = append(conds, "metric = ?"), append(args, q.Metric)
+	}
+	if q.Size != 0 {
+		conds, args = append(conds, "window_size = ?"), append(args, uint32(q.Size/time.Second))
+	}
+	// window_start is whole seconds, so start >= From ⇔ start >= ceil(From)
+	// and start < To ⇔ start < ceil(To). Bounds outside DateTime's range
+	// (1970 to 2106) are left out rather than sent to wrap around.
+	var lo, hi int64 = 0, maxDateTime + 1
+	if !q.From.IsZero() {
+		lo = max(lo, ceilTo(q.From, time.Second))
+	}
+	if !q.To.IsZero() {
+		hi = min(hi, ceilTo(q.To, time.Second))
+	}
+	if lo >= hi {
+		return nil, nil
+	}
+	if lo > 0 {
+		conds, args = append(conds, "window_start >= toDateTime(?, 'UTC')"), append(args, lo)
+	}
+	if hi <= maxDateTime {
+		conds, args = append(conds, "window_start < toDateTime(?, 'UTC')"), append(args, hi)
+	}
+	where := ""
+	if len(conds) > 0 {
+		where = "\nWHERE " + strings.Join(conds, " AND ")
+	}
+	// Times are read as integers (seconds, milliseconds): exact on both
+	// engines, independent of text or driver time handling.
+	rows, err := s.eng.query(ctx, s.sql(`
+SELECT device, toString(metric), toUInt64(window_size), toInt64(toUnixTimestamp(window_start)),
+	toUInt64(count), toFloat64(sum), toFloat64(min), toFloat64(max), toFloat64(first), toFloat64(last),
+	toInt64(toUnixTimestamp64Milli(first_at)), toInt64(toUnixTimestamp64Milli(last_at)), toUInt64(version)
+FROM {db}.windows FINAL`+where+`
+ORDER BY device, metric, window_size, window_start`), args...)
+	if err != nil {
+		return nil, fmt.Errorf("storage: windows: %w", err)
+	}
+	defer rows.Close()
+	var out []Window
+	for rows.Next() {
+		var (
+			w                  Window
+			size               uint64
+			start, first, last int64
+		)
+		if err := rows.Scan(&w.Device, &w.Metric, &size, &start, &w.Count, &w.Sum, &w.Min, &w.Max,
+			&w.First, &w.Last, &first, &last, &w.Version); err != nil {
+			return nil, fmt.Errorf("storage: windows: %w", err)
+		}
+		w.Size = time.Duration(size) * time.Second
+		w.Start = time.Unix(start, 0).UTC()
+		w.FirstAt = time.UnixMilli(first).UTC()
+		w.LastAt = time.UnixMilli(last).UTC()
+		out = append(out, w)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("storage: windows: %w", err)
+	}
+	return out, nil
+}

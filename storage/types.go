@@ -58,3 +58,12 @@ type Point struct {
 	Value float64
 	Count uint64
 }
+
+// WindowsQuery selects stored windows. Zero fields do not filter: an empty
+// Device or Metric means all (so the empty string itself cannot be selected),
+// Size 0 all sizes, a zero From or To an open end.
+type WindowsQuery struct {
+	Device, Metric string
+	Size           time.Duration // whole seconds, or 0
+	From, To       time.Time     // window start in [From, To)
+}
