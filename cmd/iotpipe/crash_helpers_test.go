@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"maps"
 	"math"
 	"math/rand/v2"
 	"net/http"
@@ -13,7 +12,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
-	"sort"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -103,11 +101,45 @@ func newCrashStream(rng *rand.Rand, devices, ticks int, tick time.Duration, t0 t
 	return s
 }
 
+// crashAgg is one window as the crash tests compare it: the brute-force
+// aggregate plus first and last by event time (ties: the earlier record
+// wins, as in package window) and, for stored windows, the Version (0 in
+// expectations, which cannot know offsets).
+type crashAgg struct {
+	agg
+	First   float64   `json:"first"`
+	Last    float64   `json:"last"`
+	FirstAt time.Time `json:"first_at"`
+	LastAt  time.Time `json:"last_at"`
+	Version uint64    `json:"version"`
+}
+
+// add counts v at event time at, read after every reading added before it.
+func (a crashAgg) add(v float64, at time.Time) crashAgg {
+	at = at.UTC()
+	if a.Count == 0 || at.Before(a.FirstAt) {
+		a.First, a.FirstAt = v, at
+	}
+	if a.Count == 0 || at.After(a.LastAt) {
+		a.Last, a.LastAt = v, at
+	}
+	a.agg = a.agg.add(v)
+	return a
+}
+
+// equal compares everything but Version: counts, min, max, first and last
+// exactly, sums up to rounding.
+func (a crashAgg) equal(b crashAgg) bool {
+	return a.agg.equal(b.agg) && a.First == b.First && a.Last == b.Last &&
+		a.FirstAt.Equal(b.FirstAt) && a.LastAt.Equal(b.LastAt)
+}
+
 // expected is the brute-force aggregation of the stream's distinct readings
 // ((device, metric, event time) identifies a reading; duplicates are exact
-// copies here) for each size.
-func (s *crashStream) expected(sizes []time.Duration) map[crashWin]agg {
-	out := map[crashWin]agg{}
+// copies here) for each size, in production order (a device's records keep
+// it in Kafka: one key, one partition, one producer).
+func (s *crashStream) expected(sizes []time.Duration) map[crashWin]crashAgg {
+	out := map[crashWin]crashAgg{}
 	type id struct {
 		device string
 		at     int64
@@ -124,7 +156,7 @@ func (s *crashStream) expected(sizes []time.Duration) map[crashWin]agg {
 				start := r.at.Truncate(size).Unix()
 				for i, v := range [2]float64{r.temp, r.hum} {
 					w := crashWin{r.device, crashMetrics[i], size, start}
-					out[w] = out[w].add(v)
+					out[w] = out[w].add(v, r.at)
 				}
 			}
 		}
@@ -454,20 +486,15 @@ func (r *crashRig) deadLetters() []*kgo.Record {
 const (
 	envDumpPath = "IOTPIPE_CRASH_DUMP_PATH"
 	envDumpOut  = "IOTPIPE_CRASH_DUMP_OUT"
-	envDumpSize = "IOTPIPE_CRASH_DUMP_SIZES"
 )
 
-// readStore returns every stored window of the chDB store at path, as
-// Series reports it (FINAL: per window the highest version).
-func readStore(t *testing.T, path string, sizes []time.Duration) map[crashWin]agg {
+// readStore returns every stored window of the chDB store at path as
+// storage.Windows lists it (FINAL: per window the highest version).
+func readStore(t *testing.T, path string) map[crashWin]crashAgg {
 	t.Helper()
 	out := filepath.Join(t.TempDir(), "dump.jsonl")
-	ss := make([]string, len(sizes))
-	for i, s := range sizes {
-		ss[i] = s.String()
-	}
 	cmd := exec.Command(os.Args[0], "-test.run=^TestCrashStoreDumpHelper$", "-test.count=1", "-test.v")
-	cmd.Env = append(os.Environ(), envDumpPath+"="+path, envDumpOut+"="+out, envDumpSize+"="+strings.Join(ss, ","))
+	cmd.Env = append(os.Environ(), envDumpPath+"="+path, envDumpOut+"="+out)
 	if b, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("read store %s: %v\n%s", path, err, tail(string(b), 40))
 	}
@@ -476,20 +503,22 @@ func readStore(t *testing.T, path string, sizes []time.Duration) map[crashWin]ag
 		t.Fatal(err)
 	}
 	defer f.Close()
-	got := map[crashWin]agg{}
+	got := map[crashWin]crashAgg{}
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
-		var row struct {
-			crashWin
-			agg
-		}
-		if err := json.Unmarshal(sc.Bytes(), &row); err != nil {
+		var w storage.Window
+		if err := json.Unmarshal(sc.Bytes(), &w); err != nil {
 			t.Fatalf("dump line %q: %v", sc.Text(), err)
 		}
-		if _, dup := got[row.crashWin]; dup {
-			t.Errorf("store %s: window %+v listed twice", path, row.crashWin)
+		k := crashWin{w.Device, w.Metric, w.Size, w.Start.Unix()}
+		if _, dup := got[k]; dup {
+			t.Errorf("store %s: window %+v listed twice", path, k)
 		}
-		got[row.crashWin] = row.agg
+		if w.Version == 0 {
+			t.Errorf("store %s: window %+v has version 0 (versions are 1 + an offset)", path, k)
+		}
+		got[k] = crashAgg{agg: agg{Count: w.Count, Sum: w.Sum, Min: w.Min, Max: w.Max},
+			First: w.First, Last: w.Last, FirstAt: w.FirstAt.UTC(), LastAt: w.LastAt.UTC(), Version: w.Version}
 	}
 	if err := sc.Err(); err != nil {
 		t.Fatal(err)
@@ -498,28 +527,24 @@ func readStore(t *testing.T, path string, sizes []time.Duration) map[crashWin]ag
 }
 
 // TestCrashStoreDumpHelper is not a test: it is the child process of
-// readStore. It lists the stored windows of one chDB store through
-// storage's public API, which has no "list windows" query: per window size
-// it opens the store with that size alone, so that Summary over one aligned
-// window's range [start, start+size) returns exactly that window of every
-// device (after FINAL: the highest version). The window starts that hold
-// data are found by bisection on Summary counts over a wide range, and the
-// per-device totals over the wide range must equal the sum of the windows
-// listed (else a window was missed and the child fails).
+// readStore. It writes every stored window of one chDB store
+// (storage.Windows) as JSON lines; encoding/json round-trips finite floats
+// and times exactly.
 func TestCrashStoreDumpHelper(t *testing.T) {
 	path := os.Getenv(envDumpPath)
 	if path == "" {
 		t.Skip("helper process of the crash tests")
 	}
-	var sizes []time.Duration
-	for _, s := range strings.Split(os.Getenv(envDumpSize), ",") {
-		d, err := time.ParseDuration(s)
-		if err != nil {
-			t.Fatal(err)
-		}
-		sizes = append(sizes, d)
-	}
 	ctx := context.Background()
+	st, err := storage.Open(ctx, storage.Config{Path: path, RawRetention: storage.DefaultRawRetention, Logger: zerolog.Nop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	ws, err := st.Windows(ctx, storage.WindowsQuery{})
+	if err != nil {
+		t.Fatal(err)
+	}
 	f, err := os.Create(os.Getenv(envDumpOut))
 	if err != nil {
 		t.Fatal(err)
@@ -527,84 +552,9 @@ func TestCrashStoreDumpHelper(t *testing.T) {
 	defer f.Close()
 	w := bufio.NewWriter(f)
 	enc := json.NewEncoder(w)
-	var metrics []string
-	for _, size := range sizes {
-		st, err := storage.Open(ctx, storage.Config{Path: path, WindowSizes: []time.Duration{size},
-			RawRetention: storage.DefaultRawRetention, Logger: zerolog.Nop()})
-		if err != nil {
+	for _, win := range ws {
+		if err := enc.Encode(win); err != nil {
 			t.Fatal(err)
-		}
-		defer st.Close()
-		if metrics == nil {
-			devices, err := st.Devices(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
-			for _, d := range devices {
-				ms, err := st.Metrics(ctx, d)
-				if err != nil {
-					t.Fatal(err)
-				}
-				for _, m := range ms {
-					if !slices.Contains(metrics, m) {
-						metrics = append(metrics, m)
-					}
-				}
-			}
-		}
-		summary := func(m string, a storage.Aggregate, from, to time.Time) []storage.DeviceValue {
-			v, err := st.Summary(ctx, storage.SummaryQuery{Metric: m, Aggregate: a, From: from, To: to})
-			if err != nil {
-				t.Fatal(err)
-			}
-			return v
-		}
-		// 2^20 windows (≥ 121 days of 10s windows) centred on now.
-		const n = 1 << 20
-		base := time.Now().Truncate(size).Add(-n / 2 * size)
-		at := func(k int) time.Time { return base.Add(time.Duration(k) * size) }
-		for _, m := range metrics {
-			totals := map[string]uint64{}
-			for _, v := range summary(m, storage.Count, at(0), at(n)) {
-				totals[v.Device] = v.Count
-			}
-			if len(totals) == 0 {
-				continue
-			}
-			// first window with data: smallest k with data in [0, k+1)
-			first := sort.Search(n, func(k int) bool { return len(summary(m, storage.Count, at(0), at(k+1))) > 0 })
-			// last: largest k with data in [k, n)
-			last := sort.Search(n, func(k int) bool { return len(summary(m, storage.Count, at(k), at(n))) == 0 }) - 1
-			listed := map[string]uint64{}
-			for k := first; k <= last; k++ {
-				rows := map[string]agg{}
-				for _, a := range []storage.Aggregate{storage.Sum, storage.Min, storage.Max} {
-					for _, v := range summary(m, a, at(k), at(k+1)) {
-						g := rows[v.Device]
-						switch a {
-						case storage.Sum:
-							g.Sum, g.Count = v.Value, v.Count
-						case storage.Min:
-							g.Min = v.Value
-						case storage.Max:
-							g.Max = v.Value
-						}
-						rows[v.Device] = g
-					}
-				}
-				for d, g := range rows {
-					listed[d] += g.Count
-					if err := enc.Encode(struct {
-						crashWin
-						agg
-					}{crashWin{d, m, size, at(k).Unix()}, g}); err != nil {
-						t.Fatal(err)
-					}
-				}
-			}
-			if !maps.Equal(listed, totals) {
-				t.Fatalf("%s/%v: windows listed sum to %v readings per device, the store holds %v", m, size, listed, totals)
-			}
 		}
 	}
 	if err := w.Flush(); err != nil {
@@ -615,7 +565,7 @@ func TestCrashStoreDumpHelper(t *testing.T) {
 // compareWindows reports every difference between stored and expected
 // windows: missing, extra, and wrong (a count above the expected one is a
 // double count).
-func compareWindows(t *testing.T, got, want map[crashWin]agg) {
+func compareWindows(t *testing.T, got, want map[crashWin]crashAgg) {
 	t.Helper()
 	var missing, extra, doubled, wrong int
 	var report []string

@@ -1,9 +1,11 @@
 package main
 
 import (
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -145,7 +147,7 @@ func TestCrashSIGKILLExactlyOnce(t *testing.T) {
 	p := r.startProc("processor#final", dir, crashLateness, crashIdle)
 	crashFinish(t, r, prod, p)
 	drained := time.Since(began)
-	got := readStore(t, dir+"/chdb", crashSizes)
+	got := readStore(t, dir+"/chdb")
 	compareWindows(t, got, want)
 	t.Logf("%d kills; %d windows compared; drained after %v, total %v",
 		kills, len(want), drained.Round(time.Millisecond), time.Since(began).Round(time.Millisecond))
@@ -194,21 +196,24 @@ func TestCrashTwoInstancesOneKilled(t *testing.T) {
 
 	crashFinish(t, r, prod, a2, b)
 	drained := time.Since(began)
-	storeA := readStore(t, dirA+"/chdb", crashSizes)
-	storeB := readStore(t, dirB+"/chdb", crashSizes)
-	union, both, differ := unionStores(storeA, storeB)
+	storeA := readStore(t, dirA+"/chdb")
+	storeB := readStore(t, dirB+"/chdb")
+	union, both, differ, conflicts := unionStores(storeA, storeB)
 	t.Logf("A stored %d windows, B %d; %d in both stores, %d of them with different contents", len(storeA), len(storeB), both, differ)
+	if len(conflicts) > 0 {
+		t.Errorf("%d windows stored by both with the same version but different contents; first ones:\n%s",
+			len(conflicts), strings.Join(conflicts[:min(len(conflicts), 20)], "\n"))
+	}
 	compareWindows(t, union, want)
 	t.Logf("%d windows compared; drained after %v, total %v", len(want), drained.Round(time.Millisecond), time.Since(began).Round(time.Millisecond))
 }
 
 // unionStores merges two stores as one ReplacingMergeTree would: per window
-// the highest version wins. Series does not expose the version, so a window
-// both stores hold with different contents is resolved by the higher count:
-// a re-emission only differs when it has more readings, and more readings
-// mean a higher version (1 + highest contributing offset).
-func unionStores(a, b map[crashWin]agg) (out map[crashWin]agg, both, differ int) {
-	out = make(map[crashWin]agg, len(a)+len(b))
+// the highest Version wins. Equal versions mean the same contributing
+// offsets, so the two rows must be identical: each one that is not is
+// reported in conflicts.
+func unionStores(a, b map[crashWin]crashAgg) (out map[crashWin]crashAgg, both, differ int, conflicts []string) {
+	out = make(map[crashWin]crashAgg, len(a)+len(b))
 	for k, v := range a {
 		out[k] = v
 	}
@@ -219,12 +224,16 @@ func unionStores(a, b map[crashWin]agg) (out map[crashWin]agg, both, differ int)
 			continue
 		}
 		both++
-		if !old.equal(v) {
-			differ++
-			if v.Count > old.Count {
-				out[k] = v
-			}
+		if old.equal(v) && old.Sum == v.Sum && old.Version == v.Version {
+			continue
+		}
+		differ++
+		switch {
+		case v.Version > old.Version:
+			out[k] = v
+		case v.Version == old.Version:
+			conflicts = append(conflicts, fmt.Sprintf("%+v: A %+v, B %+v", k, old, v))
 		}
 	}
-	return out, both, differ
+	return out, both, differ, conflicts
 }
