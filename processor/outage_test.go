@@ -21,6 +21,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/iotpipe/iotpipe/internal/bruteforce"
 	"github.com/iotpipe/iotpipe/internal/bus"
 	"github.com/iotpipe/iotpipe/internal/testkafka"
 	"github.com/iotpipe/iotpipe/storage"
@@ -126,26 +127,7 @@ type outageRec struct {
 
 var outageMetrics = [2]string{"temperature", "humidity"}
 
-type outageAgg struct {
-	count         uint64
-	sum, min, max float64
-}
-
-func (a outageAgg) add(v float64) outageAgg {
-	if a.count == 0 {
-		a.min, a.max = v, v
-	}
-	a.count++
-	a.sum += v
-	a.min = math.Min(a.min, v)
-	a.max = math.Max(a.max, v)
-	return a
-}
-
-func (a outageAgg) equal(b outageAgg) bool {
-	return a.count == b.count && a.min == b.min && a.max == b.max &&
-		math.Abs(a.sum-b.sum) <= 1e-9*math.Max(1, math.Max(math.Abs(a.sum), math.Abs(b.sum)))
-}
+type outageAgg = bruteforce.Agg
 
 // aggregate is the brute force: distinct readings by (device, metric, event
 // time), first in offset order wins, per window of every size.
@@ -162,7 +144,7 @@ func aggregate(recs []outageRec, keep func(outageWin) bool) map[outageWin]outage
 			for _, size := range outageSizes {
 				k := outageWin{r.device, outageMetrics[i], size, r.at.Truncate(size).UnixMilli()}
 				if keep == nil || keep(k) {
-					out[k] = out[k].add(v)
+					out[k] = out[k].Add(v)
 				}
 			}
 		}
@@ -282,8 +264,8 @@ func (r *outageRig) checkCommitted(sink *outageSink) map[int32]committedCheckpoi
 		})
 		for k, want := range closed {
 			w, ok := sink.windows[k]
-			got := outageAgg{w.Count, w.Sum, w.Min, w.Max}
-			if (!ok || !got.equal(want)) && !r.touchedByDeadLetter(p, before, k) {
+			got := outageAgg{Count: w.Count, Sum: w.Sum, Min: w.Min, Max: w.Max}
+			if (!ok || !got.Equal(want)) && !r.touchedByDeadLetter(p, before, k) {
 				r.t.Fatalf("partition %d committed watermark %s, but window %+v is stored as %+v (present %v), want %+v",
 					p, wm.Format(time.RFC3339Nano), k, got, ok, want)
 			}
@@ -350,7 +332,7 @@ func readStored(t *testing.T, sink *outageSink, devices []string, from, to time.
 		defer m.mu.Unlock()
 		for _, w := range m.ws {
 			if slices.Contains(devices, w.Device) {
-				out[outageWin{w.Device, w.Metric, w.Size, w.Start.UnixMilli()}] = outageAgg{w.Count, w.Sum, w.Min, w.Max}
+				out[outageWin{w.Device, w.Metric, w.Size, w.Start.UnixMilli()}] = outageAgg{Count: w.Count, Sum: w.Sum, Min: w.Min, Max: w.Max}
 			}
 		}
 		return out
@@ -369,11 +351,11 @@ func readStored(t *testing.T, sink *outageSink, devices []string, from, to time.
 						g := out[k]
 						switch a {
 						case storage.Sum:
-							g.sum, g.count = p.Value, p.Count
+							g.Sum, g.Count = p.Value, p.Count
 						case storage.Min:
-							g.min = p.Value
+							g.Min = p.Value
 						case storage.Max:
-							g.max = p.Value
+							g.Max = p.Value
 						}
 						out[k] = g
 					}
@@ -635,7 +617,7 @@ func runOutage(t *testing.T, idle, down time.Duration) {
 	got := readStored(t, sink, devices, from, to)
 	var diffs []string
 	for k, w := range want {
-		if g, ok := got[k]; !ok || !g.equal(w) {
+		if g, ok := got[k]; !ok || !g.Equal(w) {
 			diffs = append(diffs, fmt.Sprintf("%s/%s %v@%s: stored %+v (present %v), want %+v", k.device, k.metric, k.size,
 				time.UnixMilli(k.start).UTC().Format("15:04:05.000"), g, ok, w))
 		}

@@ -123,14 +123,14 @@ func (a crashAgg) add(v float64, at time.Time) crashAgg {
 	if a.Count == 0 || at.After(a.LastAt) {
 		a.Last, a.LastAt = v, at
 	}
-	a.agg = a.agg.add(v)
+	a.agg = a.agg.Add(v)
 	return a
 }
 
 // equal compares everything but Version: counts, min, max, first and last
 // exactly, sums up to rounding.
 func (a crashAgg) equal(b crashAgg) bool {
-	return a.agg.equal(b.agg) && a.First == b.First && a.Last == b.Last &&
+	return a.agg.Equal(b.agg) && a.First == b.First && a.Last == b.Last &&
 		a.FirstAt.Equal(b.FirstAt) && a.LastAt.Equal(b.LastAt)
 }
 

@@ -13,6 +13,7 @@ import (
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/iotpipe/iotpipe/api"
+	"github.com/iotpipe/iotpipe/internal/bruteforce"
 )
 
 // fleetReadings makes n readings of temperature and humidity for each device,
@@ -145,7 +146,7 @@ func TestEndToEnd(t *testing.T) {
 			t.Errorf("%s: %d devices, want %d", sums[i].Metric, len(sums[i].Devices), len(want))
 		}
 		for _, dv := range sums[i].Devices {
-			if !near(dv.Value, want[dv.Device]) {
+			if !bruteforce.Near(dv.Value, want[dv.Device]) {
 				t.Errorf("%s %s of %s = %v, want %v", sums[i].Aggregate, sums[i].Metric, dv.Device, dv.Value, want[dv.Device])
 			}
 		}

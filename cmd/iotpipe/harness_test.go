@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"math"
 	"net"
 	"net/http"
 	"os"
@@ -22,6 +21,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/iotpipe/iotpipe/api"
+	"github.com/iotpipe/iotpipe/internal/bruteforce"
 	"github.com/iotpipe/iotpipe/internal/bus"
 	"github.com/iotpipe/iotpipe/internal/testkafka"
 )
@@ -300,37 +300,19 @@ type winKey struct {
 
 // agg is a window's brute-force aggregate: what the tests compare with the
 // stored windows.
-type agg struct {
-	Count    uint64  `json:"count"`
-	Sum      float64 `json:"sum"`
-	Min, Max float64
-}
+type agg = bruteforce.Agg
 
 func expected(rs []reading, size time.Duration) map[winKey]agg {
 	out := map[winKey]agg{}
 	for _, r := range rs {
 		k := winKey{r.device, r.metric, r.at.Truncate(size).UTC()}
-		out[k] = out[k].add(r.value)
+		out[k] = out[k].Add(r.value)
 	}
 	return out
 }
 
-func (a agg) add(v float64) agg {
-	if a.Count == 0 {
-		a.Min, a.Max = v, v
-	}
-	a.Count++
-	a.Sum += v
-	a.Min = math.Min(a.Min, v)
-	a.Max = math.Max(a.Max, v)
-	return a
-}
-
-func (a agg) equal(b agg) bool {
-	return a.Count == b.Count && near(a.Sum, b.Sum) && a.Min == b.Min && a.Max == b.Max
-}
-
-func (a agg) value(aggregate string) float64 {
+// aggValue is the value of aggregate for a, as the API computes it.
+func aggValue(a agg, aggregate string) float64 {
 	switch aggregate {
 	case "count":
 		return float64(a.Count)
@@ -342,10 +324,6 @@ func (a agg) value(aggregate string) float64 {
 		return a.Max
 	}
 	return a.Sum / float64(a.Count)
-}
-
-func near(a, b float64) bool {
-	return math.Abs(a-b) <= 1e-9*math.Max(1, math.Max(math.Abs(a), math.Abs(b)))
 }
 
 // waitSeries polls the API until device/metric has want readings (count
@@ -406,9 +384,9 @@ func checkWindows(t *testing.T, cl *api.Client, rs []reading, step time.Duration
 					t.Errorf("%s/%s %s: unexpected bucket %s", dm[0], dm[1], aggregate, pt.Time)
 					continue
 				}
-				if !near(pt.Value, a.value(aggregate)) || pt.Count != a.Count {
+				if !bruteforce.Near(pt.Value, aggValue(a, aggregate)) || pt.Count != a.Count {
 					t.Errorf("%s/%s %s at %s: got %v (count %d), want %v (count %d)", dm[0], dm[1], aggregate,
-						pt.Time.Format(time.RFC3339), pt.Value, pt.Count, a.value(aggregate), a.Count)
+						pt.Time.Format(time.RFC3339), pt.Value, pt.Count, aggValue(a, aggregate), a.Count)
 				}
 			}
 		}
@@ -422,11 +400,11 @@ func summaries(rs []reading, metric, aggregate string) map[string]float64 {
 		if r.metric != metric {
 			continue
 		}
-		per[r.device] = per[r.device].add(r.value)
+		per[r.device] = per[r.device].Add(r.value)
 	}
 	out := map[string]float64{}
 	for d, a := range per {
-		out[d] = a.value(aggregate)
+		out[d] = aggValue(a, aggregate)
 	}
 	return out
 }

@@ -192,11 +192,6 @@ func closeForwarder(fwd *ingest.Forwarder, log zerolog.Logger) {
 	}
 }
 
-// registryStage runs the registry follower and returns a readiness check.
-func registryStage(reg *registry.Registry) stage {
-	return stage{"registry", reg.Run}
-}
-
 // setup parses a server subcommand's flags (common and Kafka ones, plus what
 // add registers) and builds its env. Only `run` embeds Kafka and ClickHouse;
 // the scale-out subcommands that store need a ClickHouse server, because chDB
@@ -259,7 +254,7 @@ func runAll(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		// The broker goes first so no message is taken after ingest is flushed.
 		{stages: []stage{{"broker", br.Run}}, after: func() { closeForwarder(fwd, e.log) }},
 		{stages: []stage{{"api", srv.Run}, {"processor", proc.Run}}},
-		{stages: []stage{registryStage(reg)}},
+		{stages: []stage{{"registry", reg.Run}}},
 	})
 }
 
@@ -287,7 +282,7 @@ func runBroker(ctx context.Context, args []string, _, stderr io.Writer) error {
 	}
 	return runGroups(ctx, e.log, []group{
 		{stages: []stage{{"broker", br.Run}}, after: func() { closeForwarder(fwd, e.log) }},
-		{stages: []stage{{"ops", ops.run}, registryStage(reg)}},
+		{stages: []stage{{"ops", ops.run}, {"registry", reg.Run}}},
 	})
 }
 
@@ -339,7 +334,7 @@ func runAPI(ctx context.Context, args []string, _, stderr io.Writer) error {
 	}
 	return runGroups(ctx, e.log, []group{
 		{stages: []stage{{"api", srv.Run}}},
-		{stages: []stage{registryStage(reg)}},
+		{stages: []stage{{"registry", reg.Run}}},
 	})
 }
 
