@@ -150,8 +150,12 @@ start() {
 		"-Dlog4j2.configurationFile=$work/log4j2.properties" "-Dkafka.logs.dir=$work/logs")
 	# A cluster id is a base64url UUID (22 characters); making it here saves
 	# a JVM start of `StorageTool random-uuid` (~4 s on a 2-core machine).
-	local cluster_id
-	cluster_id=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | cut -c1-22)
+	# Like Kafka's own Uuid.randomUuid, reject ids starting with '-': the
+	# formatter's argument parser would read one as an option (1 run in 64).
+	local cluster_id=-
+	while [[ $cluster_id == -* ]]; do
+		cluster_id=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | cut -c1-22)
+	done
 	# The formatter is short-lived: the C1 compiler and serial GC start faster.
 	if ! java -cp "$lib/*" "${jvm[@]}" -XX:TieredStopAtLevel=1 -XX:+UseSerialGC kafka.tools.StorageTool format --standalone \
 		-t "$cluster_id" -c "$work/server.properties" >>"$logfile" 2>&1; then
