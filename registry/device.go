@@ -7,9 +7,12 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 )
 
 // Device is one registered device as the registry holds it. Values returned
@@ -20,6 +23,18 @@ type Device struct {
 	UpdatedAt   time.Time    `json:"updated_at"`
 	Blocked     bool         `json:"blocked,omitempty"`
 	Credentials []Credential `json:"credentials,omitempty"`
+	// Name is a free display name for dashboards and pickers.
+	Name string `json:"name,omitempty"`
+	// Labels are key/value metadata (site, floor, model...) that dashboards
+	// select devices by; see ValidateLabels for the rules.
+	Labels map[string]string `json:"labels,omitempty"`
+}
+
+// Spec is what a caller chooses when creating a device.
+type Spec struct {
+	ID     string
+	Name   string
+	Labels map[string]string
 }
 
 // CredentialType says how a credential proves the device's identity. Only
@@ -79,6 +94,7 @@ func decodeRecord(b []byte) (record, error) {
 }
 
 func (d Device) clone() Device {
+	d.Labels = maps.Clone(d.Labels)
 	d.Credentials = slices.Clone(d.Credentials)
 	for i := range d.Credentials {
 		d.Credentials[i].TokenSHA256 = slices.Clone(d.Credentials[i].TokenSHA256)
@@ -148,4 +164,94 @@ func (d *Device) checkToken(password []byte, now time.Time) bool {
 		ok |= subtle.ConstantTimeCompare(sum, c.TokenSHA256)
 	}
 	return ok == 1
+}
+
+// Label and name limits. Keys and values follow the rule Google Cloud uses
+// for labels, so metadata exported from Cloud IoT Core fits.
+const (
+	MaxLabels       = 64
+	maxLabelLen     = 63
+	MaxNameLen      = 128
+	labelCharsExtra = "_-"
+)
+
+// ValidateLabels checks labels: at most MaxLabels; keys of 1 to 63
+// characters starting with a lowercase letter, values of 0 to 63, both from
+// [a-z0-9_-]. Keeping them that plain lets a selector like site=a,floor=2 be
+// parsed without quoting.
+func ValidateLabels(labels map[string]string) error {
+	if len(labels) > MaxLabels {
+		return fmt.Errorf("%w: %d labels, at most %d", ErrInvalidLabels, len(labels), MaxLabels)
+	}
+	for k, v := range labels {
+		if k == "" || len(k) > maxLabelLen || k[0] < 'a' || k[0] > 'z' || !labelChars(k) {
+			return fmt.Errorf("%w: key %q must be 1 to %d characters of [a-z0-9_-] starting with a lowercase letter", ErrInvalidLabels, k, maxLabelLen)
+		}
+		if len(v) > maxLabelLen || !labelChars(v) {
+			return fmt.Errorf("%w: value %q of %q must be 0 to %d characters of [a-z0-9_-]", ErrInvalidLabels, v, k, maxLabelLen)
+		}
+	}
+	return nil
+}
+
+func labelChars(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || strings.IndexByte(labelCharsExtra, c) >= 0) {
+			return false
+		}
+	}
+	return true
+}
+
+// validateName allows any printable UTF-8 up to MaxNameLen bytes.
+func validateName(name string) error {
+	if len(name) > MaxNameLen || !utf8.ValidString(name) {
+		return fmt.Errorf("%w: name must be valid UTF-8 of at most %d bytes", ErrInvalidLabels, MaxNameLen)
+	}
+	for _, r := range name {
+		if !unicode.IsPrint(r) {
+			return fmt.Errorf("%w: name %q has a non-printable character", ErrInvalidLabels, name)
+		}
+	}
+	return nil
+}
+
+// Selector matches devices by labels: every key=value pair must match.
+// The zero Selector matches every device.
+type Selector map[string]string
+
+// ParseSelector parses "k=v,k2=v2" (spaces around pairs are ignored). An
+// empty string is the selector that matches everything.
+func ParseSelector(s string) (Selector, error) {
+	sel := Selector{}
+	for _, pair := range strings.Split(s, ",") {
+		pair = strings.TrimSpace(pair)
+		if pair == "" {
+			continue
+		}
+		k, v, ok := strings.Cut(pair, "=")
+		if !ok {
+			return nil, fmt.Errorf("%w: selector term %q is not key=value", ErrInvalidLabels, pair)
+		}
+		k, v = strings.TrimSpace(k), strings.TrimSpace(v)
+		if err := ValidateLabels(map[string]string{k: v}); err != nil {
+			return nil, err
+		}
+		if old, dup := sel[k]; dup && old != v {
+			return nil, fmt.Errorf("%w: selector asks %s=%s and %s=%s", ErrInvalidLabels, k, old, k, v)
+		}
+		sel[k] = v
+	}
+	return sel, nil
+}
+
+// Matches reports whether d has every label of the selector.
+func (sel Selector) Matches(d Device) bool {
+	for k, v := range sel {
+		if got, ok := d.Labels[k]; !ok || got != v {
+			return false
+		}
+	}
+	return true
 }

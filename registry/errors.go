@@ -8,6 +8,7 @@ var (
 	ErrNotFound       = errors.New("device not found")
 	ErrExists         = errors.New("device already exists")
 	ErrInvalidID      = errors.New("invalid device id")
+	ErrInvalidLabels  = errors.New("invalid device name or labels")
 	ErrBadCredentials = errors.New("bad credentials")
 	ErrBlocked        = errors.New("device is blocked")
 )

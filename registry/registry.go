@@ -15,7 +15,7 @@
 //	reg, err := registry.New(registry.Config{Kafka: []kgo.Opt{kgo.SeedBrokers(seeds...)}, Topic: "iot.registry", Logger: log})
 //	go reg.Run(ctx)             // follow the topic until ctx ends
 //	err = reg.WaitReady(ctx)    // caught up with what existed at start
-//	dev, token, err := reg.Create(ctx, "sensor-1")
+//	dev, token, err := reg.Create(ctx, registry.Spec{ID: "sensor-1"})
 //	err = reg.Authenticate("sensor-1", []byte(token))
 //
 // # Concurrent writers
@@ -41,6 +41,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -337,9 +338,17 @@ func (r *Registry) Authenticate(deviceID string, password []byte) error {
 
 // Create registers a device with one new access token and returns the device
 // and the token. The token is shown only here: the registry keeps its hash.
-// It returns ErrInvalidID or ErrExists (see the package doc on races).
-func (r *Registry) Create(ctx context.Context, id string) (Device, string, error) {
+// It returns ErrInvalidID, ErrInvalidLabels or ErrExists (see the package doc
+// on races).
+func (r *Registry) Create(ctx context.Context, spec Spec) (Device, string, error) {
+	id := spec.ID
 	if err := ValidateID(id); err != nil {
+		return Device{}, "", err
+	}
+	if err := validateName(spec.Name); err != nil {
+		return Device{}, "", err
+	}
+	if err := ValidateLabels(spec.Labels); err != nil {
 		return Device{}, "", err
 	}
 	if _, err := r.Get(id); err == nil {
@@ -352,9 +361,14 @@ func (r *Registry) Create(ctx context.Context, id string) (Device, string, error
 	now := r.now().UTC()
 	dev := Device{
 		ID:          id,
+		Name:        spec.Name,
+		Labels:      maps.Clone(spec.Labels),
 		CreatedAt:   now,
 		UpdatedAt:   now,
 		Credentials: []Credential{{Type: CredentialToken, CreatedAt: now, TokenSHA256: sum}},
+	}
+	if len(dev.Labels) == 0 {
+		dev.Labels = nil
 	}
 	off, err := r.write(ctx, id, &dev)
 	if err != nil {
@@ -386,6 +400,21 @@ func (r *Registry) Delete(ctx context.Context, id string) error {
 // Authenticate with ErrBlocked even with valid credentials.
 func (r *Registry) SetBlocked(ctx context.Context, id string, blocked bool) error {
 	return r.update(ctx, id, func(d *Device) { d.Blocked = blocked })
+}
+
+// SetMetadata replaces a device's name and labels (nil labels: none).
+func (r *Registry) SetMetadata(ctx context.Context, id, name string, labels map[string]string) error {
+	if err := validateName(name); err != nil {
+		return err
+	}
+	if err := ValidateLabels(labels); err != nil {
+		return err
+	}
+	labels = maps.Clone(labels)
+	if len(labels) == 0 {
+		labels = nil
+	}
+	return r.update(ctx, id, func(d *Device) { d.Name, d.Labels = name, labels })
 }
 
 // update applies fn to the current device and writes the result. It is a

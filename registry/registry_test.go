@@ -66,7 +66,7 @@ func TestCreateGetListDelete(t *testing.T) {
 	ctx := ctxT(t)
 
 	for _, id := range []string{"sensor-b", "sensor-a", "sensor-c"} {
-		dev, token, err := r.Create(ctx, id)
+		dev, token, err := r.Create(ctx, registry.Spec{ID: id})
 		if err != nil {
 			t.Fatalf("Create %s: %v", id, err)
 		}
@@ -85,7 +85,7 @@ func TestCreateGetListDelete(t *testing.T) {
 			t.Fatalf("Get %s = %+v, %v", id, got, err)
 		}
 	}
-	if _, _, err := r.Create(ctx, "sensor-a"); !errors.Is(err, registry.ErrExists) {
+	if _, _, err := r.Create(ctx, registry.Spec{ID: "sensor-a"}); !errors.Is(err, registry.ErrExists) {
 		t.Fatalf("Create existing: %v, want ErrExists", err)
 	}
 
@@ -110,7 +110,7 @@ func TestCreateGetListDelete(t *testing.T) {
 		t.Fatalf("List after delete has %d devices, want 2", n)
 	}
 	// A deleted id can be created again, with a new token.
-	if _, _, err := r.Create(ctx, "sensor-b"); err != nil {
+	if _, _, err := r.Create(ctx, registry.Spec{ID: "sensor-b"}); err != nil {
 		t.Fatalf("re-Create: %v", err)
 	}
 }
@@ -118,7 +118,7 @@ func TestCreateGetListDelete(t *testing.T) {
 func TestGetReturnsCopy(t *testing.T) {
 	seeds, topic := setup(t)
 	r := start(t, seeds, topic)
-	if _, _, err := r.Create(ctxT(t), "copy-me"); err != nil {
+	if _, _, err := r.Create(ctxT(t), registry.Spec{ID: "copy-me"}); err != nil {
 		t.Fatal(err)
 	}
 	d, _ := r.Get("copy-me")
@@ -134,11 +134,11 @@ func TestAuthenticate(t *testing.T) {
 	seeds, topic := setup(t)
 	r := start(t, seeds, topic)
 	ctx := ctxT(t)
-	_, token, err := r.Create(ctx, "dev-auth")
+	_, token, err := r.Create(ctx, registry.Spec{ID: "dev-auth"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, other, err := r.Create(ctx, "dev-other")
+	_, other, err := r.Create(ctx, registry.Spec{ID: "dev-other"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -191,7 +191,7 @@ func TestTwoInstancesShareRegistry(t *testing.T) {
 	b := start(t, seeds, topic)
 	ctx := ctxT(t)
 
-	_, token, err := a.Create(ctx, "shared-1")
+	_, token, err := a.Create(ctx, registry.Spec{ID: "shared-1"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -199,7 +199,7 @@ func TestTwoInstancesShareRegistry(t *testing.T) {
 		return b.Authenticate("shared-1", []byte(token)) == nil
 	})
 	// b applied a's record, so b's own existence check now refuses it.
-	if _, _, err := b.Create(ctx, "shared-1"); !errors.Is(err, registry.ErrExists) {
+	if _, _, err := b.Create(ctx, registry.Spec{ID: "shared-1"}); !errors.Is(err, registry.ErrExists) {
 		t.Fatalf("Create on b of a's device: %v, want ErrExists", err)
 	}
 
@@ -233,7 +233,7 @@ func TestRestartSeesAllDevices(t *testing.T) {
 	}
 	tokens := map[string]string{}
 	for _, id := range []string{"keep-1", "keep-2", "gone-3", "keep-4"} {
-		_, tok, err := first.Create(ctx, id)
+		_, tok, err := first.Create(ctx, registry.Spec{ID: id})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -275,7 +275,7 @@ func TestTopicNeverHoldsToken(t *testing.T) {
 	ctx := ctxT(t)
 	var tokens []string
 	for _, id := range []string{"secret-1", "secret-2"} {
-		_, tok, err := r.Create(ctx, id)
+		_, tok, err := r.Create(ctx, registry.Spec{ID: id})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -372,7 +372,7 @@ func TestInvalidIDs(t *testing.T) {
 			if !errors.Is(err, registry.ErrInvalidID) {
 				t.Fatalf("ValidateID error %v is not ErrInvalidID", err)
 			}
-			if _, _, err := r.Create(ctx, tc.id); !errors.Is(err, registry.ErrInvalidID) {
+			if _, _, err := r.Create(ctx, registry.Spec{ID: tc.id}); !errors.Is(err, registry.ErrInvalidID) {
 				t.Fatalf("Create(%q) = %v, want ErrInvalidID", tc.id, err)
 			}
 		})
@@ -408,7 +408,7 @@ func TestWriteWithoutRunTimesOut(t *testing.T) {
 	defer r.Close()
 	ctx, cancel := context.WithTimeout(t.Context(), 500*time.Millisecond)
 	defer cancel()
-	if _, _, err := r.Create(ctx, "no-run"); !errors.Is(err, context.DeadlineExceeded) {
+	if _, _, err := r.Create(ctx, registry.Spec{ID: "no-run"}); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("Create without Run: %v, want a deadline error", err)
 	}
 }
@@ -437,7 +437,7 @@ func TestRestartAfterCompaction(t *testing.T) {
 	r := start(t, seeds, topic)
 	tokens := map[string]string{}
 	for _, id := range []string{"c-1", "c-2", "c-3"} {
-		_, tok, err := r.Create(ctx, id)
+		_, tok, err := r.Create(ctx, registry.Spec{ID: id})
 		if err != nil {
 			t.Fatal(err)
 		}
