@@ -5,10 +5,12 @@
 //	srv, err := api.New(api.Config{Addr: ":8080", Registry: reg, Store: store, AdminToken: tok, ...})
 //	go srv.Run(ctx)
 //
-// Every /api/v1 route requires "Authorization: Bearer <admin token>". Errors
-// are JSON {"error": "...", "code": "..."} with a deliberate status: 400 for
-// bad parameters, 401 for a missing or wrong token, 404 for an unknown
-// device, 409 for a duplicate, 503 when a dependency is down.
+// Every /api/v1 route requires "Authorization: Bearer <token>": the admin
+// token may do everything, the optional read token (for dashboards) only
+// GET. Errors are JSON {"error": "...", "code": "..."} with a deliberate
+// status: 400 for bad parameters, 401 for a missing or wrong token, 403 for
+// a write with the read token, 404 for an unknown device, 409 for a
+// duplicate, 503 when a dependency is down.
 package api
 
 import (
@@ -34,6 +36,9 @@ type Config struct {
 	Registry   *registry.Registry
 	Store      *storage.Store
 	AdminToken string // required: bearer token for /api/v1
+	// ReadToken, if set, is a second bearer token that may only read (GET):
+	// what a Grafana datasource should hold.
+	ReadToken string
 	// WindowSizes are the stored window sizes, finest first after New; used
 	// to choose a default step.
 	WindowSizes []time.Duration
@@ -64,6 +69,10 @@ func New(cfg Config) (*Server, error) {
 		return nil, errors.New("api: Store is required")
 	case len(cfg.AdminToken) < 16:
 		return nil, errors.New("api: AdminToken must be at least 16 characters")
+	case cfg.ReadToken != "" && len(cfg.ReadToken) < 16:
+		return nil, errors.New("api: ReadToken must be empty or at least 16 characters")
+	case cfg.ReadToken != "" && cfg.ReadToken == cfg.AdminToken:
+		return nil, errors.New("api: ReadToken must differ from AdminToken")
 	case len(cfg.WindowSizes) == 0:
 		return nil, errors.New("api: WindowSizes is required")
 	}
@@ -130,9 +139,13 @@ func (s *Server) routes() http.Handler {
 	v1.HandleFunc("POST /api/v1/devices", s.createDevice)
 	v1.HandleFunc("GET /api/v1/devices", s.listDevices)
 	v1.HandleFunc("GET /api/v1/devices/{id}", s.getDevice)
+	v1.HandleFunc("PATCH /api/v1/devices/{id}", s.updateDevice)
 	v1.HandleFunc("DELETE /api/v1/devices/{id}", s.deleteDevice)
 	v1.HandleFunc("GET /api/v1/series", s.series)
 	v1.HandleFunc("GET /api/v1/summary", s.summary)
+	v1.HandleFunc("GET /api/v1/windows", s.windows)
+	v1.HandleFunc("GET /api/v1/metrics", s.metrics)
+	v1.HandleFunc("GET /api/v1/info", s.info)
 	mux.Handle("/api/", s.authenticate(v1))
 	return s.logRequests(mux)
 }
@@ -161,10 +174,24 @@ func Operational(g prometheus.Gatherer, ready func(context.Context) error) http.
 }
 
 func (s *Server) authenticate(next http.Handler) http.Handler {
-	want := []byte("Bearer " + s.cfg.AdminToken)
+	admin := []byte("Bearer " + s.cfg.AdminToken)
+	var read []byte
+	if s.cfg.ReadToken != "" {
+		read = []byte("Bearer " + s.cfg.ReadToken)
+	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		got := []byte(r.Header.Get("Authorization"))
-		if subtle.ConstantTimeCompare(got, want) != 1 {
+		// Both comparisons always run, so timing tells nothing about which
+		// token came close.
+		isAdmin := subtle.ConstantTimeCompare(got, admin) == 1
+		isRead := read != nil && subtle.ConstantTimeCompare(got, read) == 1
+		switch {
+		case isAdmin:
+		case isRead && (r.Method == http.MethodGet || r.Method == http.MethodHead):
+		case isRead:
+			writeError(w, http.StatusForbidden, "forbidden", "the read-only token may not "+r.Method+"; use the admin token")
+			return
+		default:
 			w.Header().Set("WWW-Authenticate", `Bearer realm="iotpipe"`)
 			writeError(w, http.StatusUnauthorized, "unauthorized", "missing or invalid bearer token")
 			return

@@ -109,20 +109,20 @@ func TestDevicesLifecycle(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	created, err := cl.CreateDevice(ctx, "pump-7")
+	created, err := cl.CreateDevice(ctx, NewDevice{ID: "pump-7"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if created.Device.ID != "pump-7" || !strings.HasPrefix(created.Token, registry.TokenPrefix) {
 		t.Fatalf("created %+v", created)
 	}
-	if _, err := cl.CreateDevice(ctx, "pump-7"); StatusOf(err) != http.StatusConflict {
+	if _, err := cl.CreateDevice(ctx, NewDevice{ID: "pump-7"}); StatusOf(err) != http.StatusConflict {
 		t.Errorf("duplicate create: %v, want 409", err)
 	}
-	if _, err := cl.CreateDevice(ctx, "7-starts-with-digit"); StatusOf(err) != http.StatusBadRequest {
+	if _, err := cl.CreateDevice(ctx, NewDevice{ID: "7-starts-with-digit"}); StatusOf(err) != http.StatusBadRequest {
 		t.Errorf("invalid id: %v, want 400", err)
 	}
-	list, err := cl.Devices(ctx)
+	list, err := cl.Devices(ctx, "")
 	if err != nil || len(list) != 1 || list[0].ID != "pump-7" {
 		t.Errorf("list = %+v, %v", list, err)
 	}
@@ -213,10 +213,17 @@ func TestSeriesBadRequests(t *testing.T) {
 			t.Errorf("%s: %v, want 400", name, err)
 		}
 	}
-	// A range with no data is not an error: an empty series.
-	s, err := cl.Series(ctx, SeriesParams{Device: "nobody", Metric: "temp", Step: "1m"})
+	// A registered device with no data in range is not an error: an empty series.
+	if _, err := cl.CreateDevice(ctx, NewDevice{ID: "quiet-1"}); err != nil {
+		t.Fatal(err)
+	}
+	s, err := cl.Series(ctx, SeriesParams{Device: "quiet-1", Metric: "temp", Step: "1m"})
 	if err != nil || len(s.Points) != 0 {
 		t.Errorf("empty range: %+v, %v", s, err)
+	}
+	// A device nobody registered and with no data is most likely a typo.
+	if _, err := cl.Series(ctx, SeriesParams{Device: "nobody", Metric: "temp", Step: "1m"}); StatusOf(err) != http.StatusNotFound {
+		t.Errorf("unknown device: %v, want 404", err)
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -84,19 +85,77 @@ func StatusOf(err error) int {
 }
 
 // CreateDevice registers a device and returns it with its token.
-func (c *Client) CreateDevice(ctx context.Context, id string) (CreatedDevice, error) {
+func (c *Client) CreateDevice(ctx context.Context, d NewDevice) (CreatedDevice, error) {
 	var out CreatedDevice
-	err := c.do(ctx, http.MethodPost, "/api/v1/devices", nil, createDeviceRequest{ID: id}, &out)
+	err := c.do(ctx, http.MethodPost, "/api/v1/devices", nil, d, &out)
 	return out, err
 }
 
-// Devices lists the registered devices.
-func (c *Client) Devices(ctx context.Context) ([]Device, error) {
+// UpdateDevice changes a device's name and/or labels.
+func (c *Client) UpdateDevice(ctx context.Context, id string, u DeviceUpdate) (Device, error) {
+	var out Device
+	err := c.do(ctx, http.MethodPatch, "/api/v1/devices/"+url.PathEscape(id), nil, u, &out)
+	return out, err
+}
+
+// Devices lists the registered devices whose labels match selector
+// ("site=a,floor=2"; empty: all).
+func (c *Client) Devices(ctx context.Context, selector string) ([]Device, error) {
 	var out struct {
 		Devices []Device `json:"devices"`
 	}
-	err := c.do(ctx, http.MethodGet, "/api/v1/devices", nil, nil, &out)
+	q := url.Values{}
+	if selector != "" {
+		q.Set("label", selector)
+	}
+	err := c.do(ctx, http.MethodGet, "/api/v1/devices", q, nil, &out)
 	return out.Devices, err
+}
+
+// Info returns what the server stores: window sizes and aggregates.
+func (c *Client) Info(ctx context.Context) (Info, error) {
+	var out Info
+	err := c.do(ctx, http.MethodGet, "/api/v1/info", nil, nil, &out)
+	return out, err
+}
+
+// Metrics lists the metrics with stored windows (of one device, or all).
+func (c *Client) Metrics(ctx context.Context, device string) ([]string, error) {
+	var out struct {
+		Metrics []string `json:"metrics"`
+	}
+	q := url.Values{}
+	if device != "" {
+		q.Set("device", device)
+	}
+	err := c.do(ctx, http.MethodGet, "/api/v1/metrics", q, nil, &out)
+	return out.Metrics, err
+}
+
+// WindowsParams selects stored windows; empty fields take server defaults.
+type WindowsParams struct {
+	Device, Metric string
+	Window         string // window size, e.g. 10s; empty: all sizes
+	From, To       string
+	Limit          int
+}
+
+// Windows lists stored windows of one device's metric.
+func (c *Client) Windows(ctx context.Context, p WindowsParams) ([]Window, error) {
+	q := url.Values{}
+	for k, v := range map[string]string{"device": p.Device, "metric": p.Metric, "window": p.Window, "from": p.From, "to": p.To} {
+		if v != "" {
+			q.Set(k, v)
+		}
+	}
+	if p.Limit > 0 {
+		q.Set("limit", strconv.Itoa(p.Limit))
+	}
+	var out struct {
+		Windows []Window `json:"windows"`
+	}
+	err := c.do(ctx, http.MethodGet, "/api/v1/windows", q, nil, &out)
+	return out.Windows, err
 }
 
 // Device returns one device.
@@ -116,12 +175,13 @@ type SeriesParams struct {
 	Device, Metric, Aggregate string
 	From, To                  string // RFC 3339, Unix s/ms, now, now-1h
 	Step                      string // e.g. 1m
+	Window                    string // stored window size to read, e.g. 1m; empty: coarsest dividing Step
 }
 
 // Series fetches one device's metric re-aggregated into steps.
 func (c *Client) Series(ctx context.Context, p SeriesParams) (Series, error) {
 	q := url.Values{}
-	for k, v := range map[string]string{"device": p.Device, "metric": p.Metric, "aggregate": p.Aggregate, "from": p.From, "to": p.To, "step": p.Step} {
+	for k, v := range map[string]string{"device": p.Device, "metric": p.Metric, "aggregate": p.Aggregate, "from": p.From, "to": p.To, "step": p.Step, "window": p.Window} {
 		if v != "" {
 			q.Set(k, v)
 		}

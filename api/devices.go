@@ -5,24 +5,41 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/iotpipe/iotpipe/registry"
 )
 
 type Device struct {
-	ID        string    `json:"id"`
-	Blocked   bool      `json:"blocked"`
-	CreatedAt time.Time `json:"created_at"`
-	UpdatedAt time.Time `json:"updated_at"`
+	ID        string            `json:"id"`
+	Name      string            `json:"name"`
+	Labels    map[string]string `json:"labels"`
+	Blocked   bool              `json:"blocked"`
+	CreatedAt time.Time         `json:"created_at"`
+	UpdatedAt time.Time         `json:"updated_at"`
 }
 
 func toDeviceJSON(d registry.Device) Device {
-	return Device{ID: d.ID, Blocked: d.Blocked, CreatedAt: d.CreatedAt, UpdatedAt: d.UpdatedAt}
+	labels := d.Labels
+	if labels == nil {
+		labels = map[string]string{} // always an object, so clients need no null check
+	}
+	return Device{ID: d.ID, Name: d.Name, Labels: labels, Blocked: d.Blocked, CreatedAt: d.CreatedAt, UpdatedAt: d.UpdatedAt}
 }
 
-type createDeviceRequest struct {
-	ID string `json:"id"`
+// NewDevice is the body of POST /api/v1/devices.
+type NewDevice struct {
+	ID     string            `json:"id"`
+	Name   string            `json:"name,omitempty"`
+	Labels map[string]string `json:"labels,omitempty"`
+}
+
+// DeviceUpdate is the body of PATCH /api/v1/devices/{id}: fields left out
+// keep their value; "labels" replaces the whole set.
+type DeviceUpdate struct {
+	Name   *string            `json:"name,omitempty"`
+	Labels *map[string]string `json:"labels,omitempty"`
 }
 
 type CreatedDevice struct {
@@ -32,14 +49,11 @@ type CreatedDevice struct {
 }
 
 func (s *Server) createDevice(w http.ResponseWriter, r *http.Request) {
-	var req createDeviceRequest
-	dec := json.NewDecoder(io.LimitReader(r.Body, 64<<10))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&req); err != nil {
-		writeError(w, http.StatusBadRequest, "bad_request", "body must be JSON {\"id\": \"...\"}: "+err.Error())
+	var req NewDevice
+	if !decodeBody(w, r, &req, `{"id": "...", "name": "...", "labels": {"key": "value"}}`) {
 		return
 	}
-	d, token, err := s.cfg.Registry.Create(r.Context(), req.ID)
+	d, token, err := s.cfg.Registry.Create(r.Context(), registry.Spec{ID: req.ID, Name: req.Name, Labels: req.Labels})
 	if err != nil {
 		s.registryError(w, err)
 		return
@@ -47,17 +61,68 @@ func (s *Server) createDevice(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusCreated, CreatedDevice{Device: toDeviceJSON(d), Token: token})
 }
 
-func (s *Server) listDevices(w http.ResponseWriter, _ *http.Request) {
+// decodeBody reads a JSON body strictly (unknown fields are a 400, so a
+// typo does not silently do nothing) and answers the error itself.
+func decodeBody(w http.ResponseWriter, r *http.Request, v any, shape string) bool {
+	dec := json.NewDecoder(io.LimitReader(r.Body, 64<<10))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		writeError(w, http.StatusBadRequest, "bad_request", "body must be JSON "+shape+": "+err.Error())
+		return false
+	}
+	return true
+}
+
+// listDevices answers GET /api/v1/devices[?label=k=v[,k2=v2]...]: every
+// label term must match.
+func (s *Server) listDevices(w http.ResponseWriter, r *http.Request) {
+	sel, err := registry.ParseSelector(strings.Join(r.URL.Query()["label"], ","))
+	if err != nil {
+		writeError(w, http.StatusBadRequest, "bad_request", "label: "+err.Error())
+		return
+	}
 	list := s.cfg.Registry.List()
 	out := make([]Device, 0, len(list))
 	for _, d := range list {
-		out = append(out, toDeviceJSON(d))
+		if sel.Matches(d) {
+			out = append(out, toDeviceJSON(d))
+		}
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"devices": out})
 }
 
 func (s *Server) getDevice(w http.ResponseWriter, r *http.Request) {
 	d, err := s.cfg.Registry.Get(r.PathValue("id"))
+	if err != nil {
+		s.registryError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, toDeviceJSON(d))
+}
+
+func (s *Server) updateDevice(w http.ResponseWriter, r *http.Request) {
+	var req DeviceUpdate
+	if !decodeBody(w, r, &req, `{"name": "...", "labels": {"key": "value"}}`) {
+		return
+	}
+	id := r.PathValue("id")
+	d, err := s.cfg.Registry.Get(id)
+	if err != nil {
+		s.registryError(w, err)
+		return
+	}
+	name, labels := d.Name, d.Labels
+	if req.Name != nil {
+		name = *req.Name
+	}
+	if req.Labels != nil {
+		labels = *req.Labels
+	}
+	if err := s.cfg.Registry.SetMetadata(r.Context(), id, name, labels); err != nil {
+		s.registryError(w, err)
+		return
+	}
+	d, err = s.cfg.Registry.Get(id)
 	if err != nil {
 		s.registryError(w, err)
 		return
@@ -77,6 +142,8 @@ func (s *Server) registryError(w http.ResponseWriter, err error) {
 	switch {
 	case errors.Is(err, registry.ErrInvalidID):
 		writeError(w, http.StatusBadRequest, "invalid_id", err.Error())
+	case errors.Is(err, registry.ErrInvalidLabels):
+		writeError(w, http.StatusBadRequest, "invalid_labels", err.Error())
 	case errors.Is(err, registry.ErrNotFound):
 		writeError(w, http.StatusNotFound, "not_found", err.Error())
 	case errors.Is(err, registry.ErrExists):

@@ -3,12 +3,14 @@ package api
 import (
 	"errors"
 	"fmt"
+	"math"
 	"net/http"
 	"net/url"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/iotpipe/iotpipe/registry"
 	"github.com/iotpipe/iotpipe/storage"
 )
 
@@ -25,7 +27,9 @@ type Series struct {
 	From        time.Time `json:"from"`
 	To          time.Time `json:"to"`
 	StepSeconds float64   `json:"step_seconds"`
-	Points      []Point   `json:"points"`
+	// WindowSeconds is the stored window size the series was computed from.
+	WindowSeconds float64 `json:"window_seconds"`
+	Points        []Point `json:"points"`
 }
 
 func (s *Server) series(w http.ResponseWriter, r *http.Request) {
@@ -45,17 +49,38 @@ func (s *Server) series(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "bad_request", err.Error())
 		return
 	}
+	var want time.Duration
+	if v := q.Get("window"); v != "" {
+		if want, err = parseDuration("window", v); err != nil {
+			writeError(w, http.StatusBadRequest, "bad_request", err.Error())
+			return
+		}
+	}
+	size, err := s.cfg.Store.WindowSize(step, want)
+	if err != nil {
+		s.storageError(w, err)
+		return
+	}
 	if n := to.Sub(from) / step; int(n) > s.cfg.MaxPoints {
 		writeError(w, http.StatusBadRequest, "too_many_points",
 			fmt.Sprintf("range/step gives %d points, more than the limit %d: use a larger step", n, s.cfg.MaxPoints))
 		return
 	}
 	points, err := s.cfg.Store.Series(r.Context(), storage.SeriesQuery{
-		Device: device, Metric: metric, Aggregate: agg, From: from, To: to, Step: step,
+		Device: device, Metric: metric, Aggregate: agg, From: from, To: to, Step: step, WindowSize: size,
 	})
 	if err != nil {
 		s.storageError(w, err)
 		return
+	}
+	// An empty answer for a device the registry never heard of is most
+	// likely a typo: say so. A deleted device's history still answers.
+	if len(points) == 0 {
+		if _, err := s.cfg.Registry.Get(device); errors.Is(err, registry.ErrNotFound) {
+			writeError(w, http.StatusNotFound, "unknown_device",
+				fmt.Sprintf("device %q is not registered and has no data in this range", device))
+			return
+		}
 	}
 	out := make([]Point, 0, len(points))
 	for _, p := range points {
@@ -63,7 +88,7 @@ func (s *Server) series(w http.ResponseWriter, r *http.Request) {
 	}
 	writeJSON(w, http.StatusOK, Series{
 		Device: device, Metric: metric, Aggregate: string(agg), From: from, To: to,
-		StepSeconds: step.Seconds(), Points: out,
+		StepSeconds: step.Seconds(), WindowSeconds: size.Seconds(), Points: out,
 	})
 }
 
@@ -150,16 +175,22 @@ func (s *Server) stepParam(v string, from, to time.Time) (time.Duration, error) 
 		n := to.Sub(from)/(1000*finest) + 1
 		return n * finest, nil
 	}
+	return parseDuration("step", v)
+}
+
+// parseDuration reads "1m", "90s" or plain seconds ("120"); it must be
+// positive.
+func parseDuration(name, v string) (time.Duration, error) {
 	d, err := time.ParseDuration(v)
 	if err != nil {
 		secs, perr := strconv.ParseFloat(v, 64)
-		if perr != nil {
-			return 0, fmt.Errorf("step %q: want a duration like 1m or a number of seconds", v)
+		if perr != nil || math.IsNaN(secs) || math.IsInf(secs, 0) || math.Abs(secs) > 1e12 {
+			return 0, fmt.Errorf("%s %q: want a duration like 1m or a number of seconds", name, v)
 		}
 		d = time.Duration(secs * float64(time.Second))
 	}
 	if d <= 0 {
-		return 0, fmt.Errorf("step %q must be positive", v)
+		return 0, fmt.Errorf("%s %q must be positive", name, v)
 	}
 	return d, nil
 }

@@ -40,8 +40,10 @@ func aggExpr(a Aggregate) (string, error) {
 	return "", fmt.Errorf("%w %q (want mean, max, min, count or sum)", ErrBadAggregate, a)
 }
 
-// pickSize returns the stored window size Series reads for step.
-func (s *Store) pickSize(step, want time.Duration) (time.Duration, error) {
+// WindowSize returns the stored window size a series with this step reads:
+// want if it is non-zero and divides step, else the coarsest configured size
+// that divides step (fewest rows). ErrBadStep otherwise.
+func (s *Store) WindowSize(step, want time.Duration) (time.Duration, error) {
 	if step <= 0 {
 		return 0, fmt.Errorf("%w: step %v must be positive", ErrBadStep, step)
 	}
@@ -85,7 +87,7 @@ func (s *Store) Series(ctx context.Context, q SeriesQuery) ([]Point, error) {
 	if err != nil {
 		return nil, err
 	}
-	size, err := s.pickSize(q.Step, q.WindowSize)
+	size, err := s.WindowSize(q.Step, q.WindowSize)
 	if err != nil {
 		return nil, err
 	}
@@ -183,8 +185,12 @@ func (s *Store) Devices(ctx context.Context) ([]string, error) {
 	return s.strings(ctx, "SELECT DISTINCT device FROM {db}.windows ORDER BY device")
 }
 
-// Metrics lists the metrics a device has stored windows for, sorted.
+// Metrics lists the metrics a device has stored windows for, sorted; an
+// empty device lists the metrics of all devices.
 func (s *Store) Metrics(ctx context.Context, device string) ([]string, error) {
+	if device == "" {
+		return s.strings(ctx, "SELECT DISTINCT toString(metric) AS m FROM {db}.windows ORDER BY m")
+	}
 	return s.strings(ctx, "SELECT DISTINCT toString(metric) AS m FROM {db}.windows WHERE device = ? ORDER BY m", device)
 }
 
@@ -218,6 +224,9 @@ const maxDateTime = 1<<32 - 1
 func (s *Store) Windows(ctx context.Context, q WindowsQuery) ([]Window, error) {
 	if q.Size < 0 || q.Size%time.Second != 0 {
 		return nil, fmt.Errorf("%w: window size %v must be whole seconds", ErrBadStep, q.Size)
+	}
+	if q.Limit < 0 {
+		return nil, fmt.Errorf("storage: windows: negative limit %d", q.Limit)
 	}
 	var (
 		conds []string
@@ -255,6 +264,10 @@ func (s *Store) Windows(ctx context.Context, q WindowsQuery) ([]Window, error) {
 	if len(conds) > 0 {
 		where = "\nWHERE " + strings.Join(conds, " AND ")
 	}
+	limit := ""
+	if q.Limit > 0 {
+		limit = fmt.Sprintf("\nLIMIT %d", q.Limit)
+	}
 	// Times are read as integers (seconds, milliseconds): exact on both
 	// engines, independent of text or driver time handling.
 	rows, err := s.eng.query(ctx, s.sql(`
@@ -262,7 +275,7 @@ SELECT device, toString(metric), toUInt64(window_size), toInt64(toUnixTimestamp(
 	toUInt64(count), toFloat64(sum), toFloat64(min), toFloat64(max), toFloat64(first), toFloat64(last),
 	toInt64(toUnixTimestamp64Milli(first_at)), toInt64(toUnixTimestamp64Milli(last_at)), toUInt64(version)
 FROM {db}.windows FINAL`+where+`
-ORDER BY device, metric, window_size, window_start`), args...)
+ORDER BY device, metric, window_size, window_start`+limit), args...)
 	if err != nil {
 		return nil, fmt.Errorf("storage: windows: %w", err)
 	}

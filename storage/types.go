@@ -66,4 +66,5 @@ type WindowsQuery struct {
 	Device, Metric string
 	Size           time.Duration // whole seconds, or 0
 	From, To       time.Time     // window start in [From, To)
+	Limit          int           // at most this many windows (the first in order); 0 = all
 }

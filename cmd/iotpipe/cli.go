@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"slices"
 	"strings"
@@ -42,8 +43,13 @@ func runDevices(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	fs := newFlagSet("devices", stderr)
 	cf.add(fs)
 	fs.StringVar(&output, "o", "text", "output: text, json, or token (create: print only the token, for scripts)")
+	var name, labels string
+	nameSet, labelsSet := false, false
+	fs.Func("name", "create, set: display name of the device", func(v string) error { name, nameSet = v, true; return nil })
+	fs.Func("labels", "create, set: labels key=value,key2=value2 (set replaces all labels); list: show only devices matching them",
+		func(v string) error { labels, labelsSet = v, true; return nil })
 	fs.Usage = func() {
-		fmt.Fprintln(stderr, "Usage: iotpipe devices create ID | list | get ID | delete ID [flags]")
+		fmt.Fprintln(stderr, "Usage: iotpipe devices create ID | list | get ID | set ID | delete ID [flags]")
 		fs.PrintDefaults()
 	}
 	// Flags may come before or after the verb and id.
@@ -80,7 +86,11 @@ func runDevices(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		if err != nil {
 			return err
 		}
-		d, err := cl.CreateDevice(ctx, id)
+		lab, err := parseLabels(labels)
+		if err != nil {
+			return err
+		}
+		d, err := cl.CreateDevice(ctx, api.NewDevice{ID: id, Name: name, Labels: lab})
 		if err != nil {
 			return err
 		}
@@ -95,7 +105,7 @@ func runDevices(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		}
 		return err
 	case "list":
-		list, err := cl.Devices(ctx)
+		list, err := cl.Devices(ctx, labels)
 		if err != nil {
 			return err
 		}
@@ -103,11 +113,38 @@ func runDevices(ctx context.Context, args []string, stdout, stderr io.Writer) er
 			return printJSON(stdout, list)
 		}
 		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "ID\tBLOCKED\tCREATED")
+		fmt.Fprintln(tw, "ID\tNAME\tLABELS\tBLOCKED\tCREATED")
 		for _, d := range list {
-			fmt.Fprintf(tw, "%s\t%v\t%s\n", d.ID, d.Blocked, d.CreatedAt.Format(time.RFC3339))
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%v\t%s\n", d.ID, d.Name, formatLabels(d.Labels), d.Blocked, d.CreatedAt.Format(time.RFC3339))
 		}
 		return tw.Flush()
+	case "set":
+		id, err := needID()
+		if err != nil {
+			return err
+		}
+		if !nameSet && !labelsSet {
+			return fmt.Errorf("devices set: give --name and/or --labels")
+		}
+		var u api.DeviceUpdate
+		if nameSet {
+			u.Name = &name
+		}
+		if labelsSet {
+			lab, err := parseLabels(labels)
+			if err != nil {
+				return err
+			}
+			if lab == nil {
+				lab = map[string]string{}
+			}
+			u.Labels = &lab
+		}
+		d, err := cl.UpdateDevice(ctx, id, u)
+		if err != nil {
+			return err
+		}
+		return printJSON(stdout, d)
 	case "get":
 		id, err := needID()
 		if err != nil {
@@ -240,9 +277,38 @@ func runQuery(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	return tw.Flush()
 }
 
+// parseLabels reads "k=v,k2=v2" ("" is none); the server validates keys
+// and values.
+func parseLabels(s string) (map[string]string, error) {
+	var out map[string]string
+	for _, pair := range strings.Split(s, ",") {
+		if pair = strings.TrimSpace(pair); pair == "" {
+			continue
+		}
+		k, v, ok := strings.Cut(pair, "=")
+		if !ok {
+			return nil, fmt.Errorf("--labels: %q is not key=value", pair)
+		}
+		if out == nil {
+			out = map[string]string{}
+		}
+		out[strings.TrimSpace(k)] = strings.TrimSpace(v)
+	}
+	return out, nil
+}
+
+func formatLabels(m map[string]string) string {
+	keys := slices.Sorted(maps.Keys(m))
+	parts := make([]string, 0, len(keys))
+	for _, k := range keys {
+		parts = append(parts, k+"="+m[k])
+	}
+	return strings.Join(parts, ",")
+}
+
 func querySeries(ctx context.Context, cl *api.Client, stdout io.Writer, as []analysis, devices []string, from, to, step, output string) error {
 	if len(devices) == 0 {
-		list, err := cl.Devices(ctx)
+		list, err := cl.Devices(ctx, "")
 		if err != nil {
 			return err
 		}
@@ -313,11 +379,13 @@ func runSimulate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		}
 		for i := 1; i <= n; i++ {
 			id := fmt.Sprintf("%s-%03d", prefix, i)
-			d, err := cl.CreateDevice(ctx, id)
+			spec := api.NewDevice{ID: id, Name: fmt.Sprintf("Simulated sensor %d", i),
+				Labels: map[string]string{"source": "simulator", "site": fmt.Sprintf("site-%d", (i-1)%3+1)}}
+			d, err := cl.CreateDevice(ctx, spec)
 			if api.StatusOf(err) == http.StatusConflict {
 				// The simulator owns its devices: take them over with a fresh token.
 				if err = cl.DeleteDevice(ctx, id); err == nil {
-					d, err = cl.CreateDevice(ctx, id)
+					d, err = cl.CreateDevice(ctx, spec)
 				}
 			}
 			if err != nil {

@@ -4,6 +4,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
+	"net/http"
+	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
@@ -160,6 +163,68 @@ func TestEndToEnd(t *testing.T) {
 		if !strings.Contains(strings.Join(strings.Fields(text), "  "), want) {
 			t.Errorf("query table lacks %q:\n%s", want, text)
 		}
+	}
+
+	checkDeviceMetadataCLI(t, p)
+	checkReadToken(t, p)
+}
+
+// checkDeviceMetadataCLI: names and labels through `iotpipe devices`, and
+// label selection in `devices list`.
+func checkDeviceMetadataCLI(t *testing.T, p *pipeline) {
+	t.Helper()
+	if _, err := p.cli("devices", "create", "meta-1", "--name", "Cellar", "--labels", "site=north,floor=1", "-o", "token"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.cli("devices", "create", "meta-2", "--labels", "site=south"); err != nil {
+		t.Fatal(err)
+	}
+	out, err := p.cli("devices", "list", "--labels", "site=north", "-o", "json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var list []api.Device
+	if err := json.Unmarshal([]byte(out), &list); err != nil {
+		t.Fatalf("devices list -o json: %v\n%s", err, out)
+	}
+	if len(list) != 1 || list[0].ID != "meta-1" || list[0].Name != "Cellar" || list[0].Labels["floor"] != "1" {
+		t.Fatalf("list --labels site=north = %+v", list)
+	}
+	if out, err = p.cli("devices", "set", "meta-2", "--labels", "site=north,floor=3"); err != nil {
+		t.Fatal(err)
+	}
+	text, err := p.cli("devices", "list", "--labels", "site=north")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(text, "meta-2") || !strings.Contains(text, "floor=3,site=north") {
+		t.Errorf("after set, list site=north lacks meta-2 floor=3:\n%s", text)
+	}
+	if _, err := p.cli("devices", "create", "meta-3", "--labels", "Site=x"); err == nil {
+		t.Error("create with an invalid label key succeeded")
+	}
+}
+
+// checkReadToken: iotpipe run keeps a read-only token beside the admin token;
+// it reads series and may not write.
+func checkReadToken(t *testing.T, p *pipeline) {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(p.dataDir, readTokenFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(filepath.Join(p.dataDir, readTokenFile)); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("read-token file mode: %v, %v; want 0600", fi.Mode(), err)
+	}
+	cl, err := api.NewClient(p.apiURL, strings.TrimSpace(string(b)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cl.Devices(t.Context(), ""); err != nil {
+		t.Errorf("read token cannot list devices: %v", err)
+	}
+	if _, err := cl.CreateDevice(t.Context(), api.NewDevice{ID: "ro-x"}); api.StatusOf(err) != http.StatusForbidden {
+		t.Errorf("read token create: %v, want 403", err)
 	}
 }
 

@@ -45,6 +45,7 @@ type options struct {
 
 	httpAddr   string
 	adminToken string
+	readToken  string
 }
 
 func defaultOptions() *options {
@@ -98,6 +99,7 @@ func (o *options) addBroker(fs *flag.FlagSet) {
 func (o *options) addAPI(fs *flag.FlagSet) {
 	fs.StringVar(&o.httpAddr, "http-addr", ":8080", "HTTP API listen address")
 	fs.StringVar(&o.adminToken, "admin-token", "", "API admin bearer token (empty: generated once and kept in <data-dir>/admin-token)")
+	fs.StringVar(&o.readToken, "read-token", "", "API read-only bearer token for dashboards (empty: generated once and kept in <data-dir>/read-token)")
 }
 
 // addOps is the health and metrics listener of subcommands without the API.

@@ -147,8 +147,12 @@ func (e *env) newAPI(reg *registry.Registry, st *storage.Store, ready func(conte
 	if err != nil {
 		return nil, err
 	}
+	rtok, err := readToken(e.o.dataDir, e.o.readToken)
+	if err != nil {
+		return nil, err
+	}
 	return api.New(api.Config{
-		Addr: e.o.httpAddr, Registry: reg, Store: st, AdminToken: tok, WindowSizes: e.o.windowSizes,
+		Addr: e.o.httpAddr, Registry: reg, Store: st, AdminToken: tok, ReadToken: rtok, WindowSizes: e.o.windowSizes,
 		Ready: ready, Gatherer: e.metrics, Logger: e.log,
 	})
 }
