@@ -1,0 +1,31 @@
+// Test environment shims, as in create-plugin's .config/jest-setup.js.
+import '@testing-library/jest-dom';
+import { TextDecoder, TextEncoder } from 'util';
+
+Object.assign(global, { TextDecoder, TextEncoder });
+
+// jsdom has no matchMedia; @grafana/ui asks for it.
+Object.defineProperty(global, 'matchMedia', {
+  writable: true,
+  value: (query) => ({
+    matches: false,
+    media: query,
+    onchange: null,
+    addListener: () => {},
+    removeListener: () => {},
+    addEventListener: () => {},
+    removeEventListener: () => {},
+    dispatchEvent: () => false,
+  }),
+});
+
+// jsdom has no canvas.
+HTMLCanvasElement.prototype.getContext = () => null;
+
+if (!global.ResizeObserver) {
+  global.ResizeObserver = class {
+    observe() {}
+    unobserve() {}
+    disconnect() {}
+  };
+}

@@ -1,0 +1,80 @@
+import React, { ChangeEvent } from 'react';
+import { DataSourcePluginOptionsEditorProps } from '@grafana/data';
+import { Field, FieldSet, Input, SecretInput } from '@grafana/ui';
+
+import { IotpipeDataSourceOptions, IotpipeSecureJsonData } from '../types';
+
+type Props = DataSourcePluginOptionsEditorProps<IotpipeDataSourceOptions, IotpipeSecureJsonData>;
+
+/** Why a URL will not work against the iotpipe API, or undefined when it looks right. */
+export function urlProblem(url: string): string | undefined {
+  const u = url.trim();
+  if (u === '') {
+    return undefined;
+  }
+  if (!/^https?:\/\/[^/\s]+/i.test(u)) {
+    return 'Use an http:// or https:// URL, e.g. http://iotpipe:8080';
+  }
+  if (/\/api(\/v1)?\/?$/i.test(u)) {
+    return 'Give the base URL without /api; the plugin adds /api/v1/... itself';
+  }
+  return undefined;
+}
+
+export function ConfigEditor({ options, onOptionsChange }: Props) {
+  const jsonData = options.jsonData ?? {};
+  const secureJsonData = (options.secureJsonData ?? {}) as IotpipeSecureJsonData;
+  const tokenConfigured = Boolean(options.secureJsonFields?.token);
+  const url = jsonData.url ?? '';
+  const problem = urlProblem(url);
+
+  const onUrlChange = (event: ChangeEvent<HTMLInputElement>) => {
+    onOptionsChange({ ...options, jsonData: { ...jsonData, url: event.target.value } });
+  };
+
+  const onTokenChange = (event: ChangeEvent<HTMLInputElement>) => {
+    onOptionsChange({ ...options, secureJsonData: { ...secureJsonData, token: event.target.value } });
+  };
+
+  const onTokenReset = () => {
+    onOptionsChange({
+      ...options,
+      secureJsonFields: { ...options.secureJsonFields, token: false },
+      secureJsonData: { ...secureJsonData, token: '' },
+    });
+  };
+
+  return (
+    <FieldSet label="iotpipe API">
+      <Field
+        label="URL"
+        description="Base URL of the iotpipe HTTP API, without /api."
+        invalid={Boolean(problem)}
+        error={problem}
+        required
+      >
+        <Input
+          id="iotpipe-config-url"
+          value={url}
+          placeholder={options.url || 'http://iotpipe:8080'}
+          onChange={onUrlChange}
+          width={48}
+        />
+      </Field>
+      <Field
+        label="API token"
+        description="Bearer token for the iotpipe API. A read-only token is enough; it is stored encrypted and never sent back to the browser."
+      >
+        <SecretInput
+          id="iotpipe-config-token"
+          isConfigured={tokenConfigured}
+          value={secureJsonData.token ?? ''}
+          placeholder="read-only API token"
+          onChange={onTokenChange}
+          onReset={onTokenReset}
+          width={48}
+        />
+      </Field>
+    </FieldSet>
+  );
+}
