@@ -192,6 +192,14 @@ func TestSeriesAndSummary(t *testing.T) {
 	if len(sum.Devices) != 1 || sum.Devices[0].Device != "api-dev" || sum.Devices[0].Value != 105 {
 		t.Errorf("summary max = %+v, want api-dev 105", sum.Devices)
 	}
+	// Pinned to 10 s windows the same answer comes from the six small ones.
+	sum, err = cl.Summary(ctx, SummaryParams{Metric: "temp", Aggregate: "count", From: from, To: to, Window: "10s"})
+	if err != nil || len(sum.Devices) != 1 || sum.Devices[0].Value != 21 {
+		t.Errorf("summary count from 10s windows = %+v, %v; want 21", sum.Devices, err)
+	}
+	if _, err := cl.Summary(ctx, SummaryParams{Metric: "temp", Window: "soon"}); StatusOf(err) != http.StatusBadRequest {
+		t.Errorf("summary bad window: %v, want 400", err)
+	}
 }
 
 func TestSeriesBadRequests(t *testing.T) {

@@ -196,12 +196,13 @@ type SummaryParams struct {
 	Metric, Aggregate string
 	From, To          string
 	Devices           []string // empty: all
+	Window            string   // read only this window size; empty: the coarsest that tile the range
 }
 
 // Summary fetches one value per device over the whole range.
 func (c *Client) Summary(ctx context.Context, p SummaryParams) (Summary, error) {
 	q := url.Values{"device": p.Devices}
-	for k, v := range map[string]string{"metric": p.Metric, "aggregate": p.Aggregate, "from": p.From, "to": p.To} {
+	for k, v := range map[string]string{"metric": p.Metric, "aggregate": p.Aggregate, "from": p.From, "to": p.To, "window": p.Window} {
 		if v != "" {
 			q.Set(k, v)
 		}

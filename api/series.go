@@ -118,8 +118,15 @@ func (s *Server) summary(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "bad_request", err.Error())
 		return
 	}
+	var size time.Duration
+	if v := q.Get("window"); v != "" {
+		if size, err = parseDuration("window", v); err != nil {
+			writeError(w, http.StatusBadRequest, "bad_request", err.Error())
+			return
+		}
+	}
 	vals, err := s.cfg.Store.Summary(r.Context(), storage.SummaryQuery{
-		Metric: metric, Aggregate: agg, From: from, To: to, Devices: q["device"],
+		Metric: metric, Aggregate: agg, From: from, To: to, Devices: q["device"], WindowSize: size,
 	})
 	if err != nil {
 		s.storageError(w, err)

@@ -30,7 +30,15 @@ func (s *Server) info(w http.ResponseWriter, _ *http.Request) {
 }
 
 func (s *Server) metrics(w http.ResponseWriter, r *http.Request) {
-	list, err := s.cfg.Store.Metrics(r.Context(), r.URL.Query().Get("device"))
+	var (
+		list []string
+		err  error
+	)
+	if d := r.URL.Query().Get("device"); d != "" {
+		list, err = s.cfg.Store.Metrics(r.Context(), d)
+	} else {
+		list, err = s.cfg.Store.AllMetrics(r.Context())
+	}
 	if err != nil {
 		s.storageError(w, err)
 		return

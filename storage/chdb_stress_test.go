@@ -167,7 +167,7 @@ func TestConcurrentReadWriteStress(t *testing.T) {
 						check("Series", p.Count == 6*perWindow && p.Value >= float64(max(floor, 1)), "bad point %+v (floor v%d)", p, floor)
 					}
 				case 1:
-					got, err := s.Summary(ctx, SummaryQuery{Metric: "temp", Aggregate: Count, From: t0, To: t0.Add(time.Hour)})
+					got, err := s.Summary(ctx, SummaryQuery{Metric: "temp", Aggregate: Count, From: t0, To: t0.Add(time.Hour), WindowSize: 10 * time.Second})
 					if err != nil {
 						check("Summary", ctx.Err() != nil, "%v", err)
 						continue
@@ -224,7 +224,7 @@ func TestConcurrentReadWriteStress(t *testing.T) {
 		t.Fatalf("no progress: %d batches, %d reads", v, reads.Load())
 	}
 	// Final state: the last version everywhere.
-	got, err := s.Summary(ctxT(t), SummaryQuery{Metric: "temp", Aggregate: Mean, From: t0, To: t0.Add(time.Hour)})
+	got, err := s.Summary(ctxT(t), SummaryQuery{Metric: "temp", Aggregate: Mean, From: t0, To: t0.Add(time.Hour), WindowSize: 10 * time.Second})
 	if err != nil || len(got) != devices {
 		t.Fatalf("final summary: %v %v", got, err)
 	}

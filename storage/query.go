@@ -13,6 +13,9 @@ type SummaryQuery struct {
 	Aggregate Aggregate
 	From, To  time.Time // [From, To); see Summary for edge alignment
 	Devices   []string  // empty = all devices
+	// WindowSize reads only windows of this size; zero tiles the range with
+	// the coarsest sizes that fit (see Summary).
+	WindowSize time.Duration
 }
 
 // DeviceValue is one device's summary. Count is the readings behind Value.
@@ -133,24 +136,41 @@ ORDER BY bucket`),
 //
 // Range alignment: windows are the unit of storage, so a window counts only
 // if it lies entirely inside [From, To) — no reading outside the range is
-// ever included. Summary reads the finest configured window size so the
-// range is effectively [ceil(From), floor(To)) to that size (10s by default):
-// exact when From and To are aligned to it, and otherwise short by less than
-// one window at each edge. Devices with no data in range are absent.
+// ever included. The range is effectively [ceil(From), floor(To)) to the
+// finest configured window size (10s by default): exact when From and To
+// are aligned to it, and otherwise short by less than one window at each
+// edge. Devices with no data in range are absent.
+//
+// Speed: the range is tiled with the coarsest windows that fit (see tiles),
+// so a 30-day summary reads hourly windows in the middle and finer ones only
+// at the edges. Every size holds the same readings, except one too late for
+// a fine window but in time for a coarser one: it counts where a coarse
+// window covers its time.
 func (s *Store) Summary(ctx context.Context, q SummaryQuery) ([]DeviceValue, error) {
 	agg, err := aggExpr(q.Aggregate)
 	if err != nil {
 		return nil, err
 	}
-	size := s.sizes[0]
-	lo, hi := ceilTo(q.From, size), floorTo(q.To, size)
-	if lo >= hi {
+	sizes := s.sizes
+	if q.WindowSize != 0 {
+		if q.WindowSize < time.Second || q.WindowSize%time.Second != 0 {
+			return nil, fmt.Errorf("%w: window size %v must be whole seconds", ErrBadStep, q.WindowSize)
+		}
+		sizes = []time.Duration{q.WindowSize}
+	}
+	ts := tiles(sizes, q.From, q.To)
+	if len(ts) == 0 {
 		return nil, nil
 	}
-	args := []any{q.Metric, uint32(size / time.Second), lo, hi}
-	filter := ""
+	args := []any{q.Metric}
+	var terms []string
+	for _, t := range ts {
+		terms = append(terms, "(window_size = ? AND window_start >= toDateTime(?, 'UTC') AND window_start < toDateTime(?, 'UTC'))")
+		args = append(args, uint32(t.size/time.Second), t.lo, t.hi)
+	}
+	filter := "\n\tAND (" + strings.Join(terms, "\n\t\tOR ") + ")"
 	if len(q.Devices) > 0 {
-		filter = " AND device IN (" + strings.TrimSuffix(strings.Repeat("?, ", len(q.Devices)), ", ") + ")"
+		filter += " AND device IN (" + strings.TrimSuffix(strings.Repeat("?, ", len(q.Devices)), ", ") + ")"
 		for _, d := range q.Devices {
 			args = append(args, d)
 		}
@@ -158,8 +178,7 @@ func (s *Store) Summary(ctx context.Context, q SummaryQuery) ([]DeviceValue, err
 	rows, err := s.eng.query(ctx, s.sql(`
 SELECT device, toFloat64(`+agg+`) AS value, toUInt64(sum(count)) AS n
 FROM {db}.windows FINAL
-WHERE metric = ? AND window_size = ?
-	AND window_start >= toDateTime(?, 'UTC') AND window_start < toDateTime(?, 'UTC')`+filter+`
+WHERE metric = ?`+filter+`
 GROUP BY device
 ORDER BY device`), args...)
 	if err != nil {
@@ -185,13 +204,14 @@ func (s *Store) Devices(ctx context.Context) ([]string, error) {
 	return s.strings(ctx, "SELECT DISTINCT device FROM {db}.windows ORDER BY device")
 }
 
-// Metrics lists the metrics a device has stored windows for, sorted; an
-// empty device lists the metrics of all devices.
+// Metrics lists the metrics a device has stored windows for, sorted.
 func (s *Store) Metrics(ctx context.Context, device string) ([]string, error) {
-	if device == "" {
-		return s.strings(ctx, "SELECT DISTINCT toString(metric) AS m FROM {db}.windows ORDER BY m")
-	}
 	return s.strings(ctx, "SELECT DISTINCT toString(metric) AS m FROM {db}.windows WHERE device = ? ORDER BY m", device)
+}
+
+// AllMetrics lists the metrics of all devices, sorted.
+func (s *Store) AllMetrics(ctx context.Context) ([]string, error) {
+	return s.strings(ctx, "SELECT DISTINCT toString(metric) AS m FROM {db}.windows ORDER BY m")
 }
 
 func (s *Store) strings(ctx context.Context, q string, args ...any) ([]string, error) {
@@ -301,4 +321,51 @@ ORDER BY device, metric, window_size, window_start`+limit), args...)
 		return nil, fmt.Errorf("storage: windows: %w", err)
 	}
 	return out, nil
+}
+
+// tile is one run of windows of one size: starts in [lo, hi) (Unix seconds).
+type tile struct {
+	size   time.Duration
+	lo, hi int64
+}
+
+// tiles covers [ceil(from, s0), floor(to, s0)) exactly, s0 the finest size,
+// with as few windows as possible: the coarsest size of the chain s0 | s1 |
+// s2 ... (each dividing the next; other sizes are skipped) takes the middle,
+// each finer size the pieces left at both edges. No two tiles overlap, so
+// every reading counts once.
+func tiles(sizes []time.Duration, from, to time.Time) []tile {
+	if len(sizes) == 0 {
+		return nil
+	}
+	chain := []time.Duration{sizes[0]}
+	for _, sz := range sizes[1:] {
+		if sz%chain[len(chain)-1] == 0 && sz > chain[len(chain)-1] {
+			chain = append(chain, sz)
+		}
+	}
+	lo, hi := ceilTo(from, chain[0]), floorTo(to, chain[0])
+	if lo >= hi {
+		return nil
+	}
+	// top: the coarsest size with at least one whole window inside.
+	top := 0
+	for i := len(chain) - 1; i > 0; i-- {
+		if ceilTo(from, chain[i]) < floorTo(to, chain[i]) {
+			top = i
+			break
+		}
+	}
+	var out []tile
+	add := func(size time.Duration, a, b int64) {
+		if a < b {
+			out = append(out, tile{size, a, b})
+		}
+	}
+	add(chain[top], ceilTo(from, chain[top]), floorTo(to, chain[top]))
+	for j := top - 1; j >= 0; j-- {
+		add(chain[j], ceilTo(from, chain[j]), ceilTo(from, chain[j+1]))
+		add(chain[j], floorTo(to, chain[j+1]), floorTo(to, chain[j]))
+	}
+	return out
 }

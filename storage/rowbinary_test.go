@@ -333,7 +333,7 @@ func TestChdbBatchFiles(t *testing.T) {
 			t.Errorf("batch file %s not emptied: %v %v", e.Name(), fi, err)
 		}
 	}
-	got, err := s.Summary(ctx, SummaryQuery{Metric: "m", Aggregate: Sum, From: t0, To: t0.Add(time.Minute)})
+	got, err := s.Summary(ctx, SummaryQuery{Metric: "m", Aggregate: Sum, From: t0, To: t0.Add(time.Minute), WindowSize: 10 * time.Second})
 	if err != nil || fmt.Sprint(got) != "[{f 4 1}]" { // the last version of the re-emitted window
 		t.Fatalf("summary %v %v", got, err)
 	}

@@ -172,7 +172,7 @@ func TestBadStepAndAggregate(t *testing.T) {
 		if _, err := s.Series(ctx, q); !errors.Is(err, ErrBadAggregate) {
 			t.Errorf("series: err %v, want ErrBadAggregate", err)
 		}
-		if _, err := s.Summary(ctx, SummaryQuery{Metric: "m", Aggregate: "", From: t0, To: t0.Add(time.Hour)}); !errors.Is(err, ErrBadAggregate) {
+		if _, err := s.Summary(ctx, SummaryQuery{Metric: "m", Aggregate: "", From: t0, To: t0.Add(time.Hour), WindowSize: 10 * time.Second}); !errors.Is(err, ErrBadAggregate) {
 			t.Errorf("summary: err %v, want ErrBadAggregate", err)
 		}
 	})
@@ -260,19 +260,19 @@ func TestSummary(t *testing.T) {
 		if err := s.WriteBatch(ctx, ws, nil); err != nil {
 			t.Fatal(err)
 		}
-		got, err := s.Summary(ctx, SummaryQuery{Metric: "temp", Aggregate: Mean, From: t0, To: t0.Add(time.Minute)})
+		got, err := s.Summary(ctx, SummaryQuery{Metric: "temp", Aggregate: Mean, From: t0, To: t0.Add(time.Minute), WindowSize: 10 * time.Second})
 		if err != nil {
 			t.Fatal(err)
 		}
 		if fmt.Sprint(got) != "[{a 20 3} {b 5 1} {c 7 1}]" {
 			t.Errorf("all devices: %v", got)
 		}
-		got, err = s.Summary(ctx, SummaryQuery{Metric: "temp", Aggregate: Max, From: t0, To: t0.Add(time.Minute), Devices: []string{"a", "c", "zz"}})
+		got, err = s.Summary(ctx, SummaryQuery{Metric: "temp", Aggregate: Max, From: t0, To: t0.Add(time.Minute), Devices: []string{"a", "c", "zz"}, WindowSize: 10 * time.Second})
 		if err != nil || fmt.Sprint(got) != "[{a 30 3} {c 7 1}]" {
 			t.Errorf("filtered: %v %v", got, err)
 		}
 		// Edges: only windows wholly inside [From, To) count.
-		got, err = s.Summary(ctx, SummaryQuery{Metric: "temp", Aggregate: Sum, From: t0.Add(time.Second), To: t0.Add(20 * time.Second), Devices: []string{"a"}})
+		got, err = s.Summary(ctx, SummaryQuery{Metric: "temp", Aggregate: Sum, From: t0.Add(time.Second), To: t0.Add(20 * time.Second), Devices: []string{"a"}, WindowSize: 10 * time.Second})
 		if err != nil || fmt.Sprint(got) != "[{a 30 1}]" {
 			t.Errorf("edges: %v %v", got, err)
 		}
@@ -315,7 +315,7 @@ func TestNastyStrings(t *testing.T) {
 			if err != nil || len(pts) != 1 || pts[0].Value != float64(i) {
 				t.Errorf("Series(%q, %q) = %+v %v", d, m, pts, err)
 			}
-			sum, err := s.Summary(ctx, SummaryQuery{Metric: m, Aggregate: Count, From: t0, To: t0.Add(time.Minute), Devices: []string{d}})
+			sum, err := s.Summary(ctx, SummaryQuery{Metric: m, Aggregate: Count, From: t0, To: t0.Add(time.Minute), Devices: []string{d}, WindowSize: 10 * time.Second})
 			if err != nil || len(sum) != 1 || sum[0].Device != d {
 				t.Errorf("Summary(%q, %q) = %+v %v", d, m, sum, err)
 			}
@@ -375,7 +375,7 @@ func TestConcurrentWriteBatch(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		got, err := s.Summary(ctx, SummaryQuery{Metric: "m", Aggregate: Count, From: t0, To: t0.Add(time.Hour)})
+		got, err := s.Summary(ctx, SummaryQuery{Metric: "m", Aggregate: Count, From: t0, To: t0.Add(time.Hour), WindowSize: 10 * time.Second})
 		if err != nil || len(got) != 8 {
 			t.Fatalf("%v %v", got, err)
 		}
@@ -415,7 +415,7 @@ func TestChdbPersistence(t *testing.T) {
 	if n, err := s.migrate(ctx); err != nil || n != 0 {
 		t.Fatalf("reopen re-applied %d migrations (%v)", n, err)
 	}
-	got, err := s.Summary(ctx, SummaryQuery{Metric: "m", Aggregate: Sum, From: t0, To: t0.Add(time.Minute)})
+	got, err := s.Summary(ctx, SummaryQuery{Metric: "m", Aggregate: Sum, From: t0, To: t0.Add(time.Minute), WindowSize: 10 * time.Second})
 	if err != nil || fmt.Sprint(got) != "[{p 7 2}]" {
 		t.Fatalf("after reopen: %v %v", got, err)
 	}
