@@ -52,7 +52,7 @@ type Config struct {
 	Kafka           []kgo.Opt       // base client options: seeds, TLS, SASL
 	Topics          bus.Topics      // default bus.TopicNames(bus.DefaultPrefix)
 	Group           string          // consumer group, default "iotpipe-processor"
-	WindowSizes     []time.Duration // positive, whole seconds, distinct; default 10s and 1m
+	WindowSizes     []time.Duration // positive, whole seconds, distinct; default 10s, 1m and 1h
 	AllowedLateness time.Duration   // default 5s
 	IdleTimeout     time.Duration   // default 30s
 	FlushInterval   time.Duration   // default 1s
@@ -197,7 +197,7 @@ func (c *Config) defaults() error {
 		c.Group = "iotpipe-processor"
 	}
 	if len(c.WindowSizes) == 0 {
-		c.WindowSizes = []time.Duration{10 * time.Second, time.Minute}
+		c.WindowSizes = []time.Duration{10 * time.Second, time.Minute, time.Hour}
 	}
 	for i, s := range c.WindowSizes {
 		if s <= 0 || s%time.Second != 0 {

@@ -31,7 +31,7 @@ type Config struct {
 	// (see DefaultRawRetention). Reconciled on every Open.
 	RawRetention time.Duration
 	// WindowSizes are the window lengths the processor stores, whole
-	// seconds; Series picks among them. Default 10s and 1m.
+	// seconds; Series picks among them. Default 10s, 1m and 1h.
 	WindowSizes []time.Duration
 	Logger      zerolog.Logger
 }
@@ -69,7 +69,7 @@ func (c *Config) validate() error {
 		c.Database = "iotpipe"
 	}
 	if len(c.WindowSizes) == 0 {
-		c.WindowSizes = []time.Duration{10 * time.Second, time.Minute}
+		c.WindowSizes = []time.Duration{10 * time.Second, time.Minute, time.Hour}
 	}
 	c.WindowSizes = slices.Clone(c.WindowSizes)
 	slices.Sort(c.WindowSizes)

@@ -49,7 +49,7 @@ type options struct {
 }
 
 func defaultOptions() *options {
-	return &options{windowSizes: durationList{10 * time.Second, time.Minute}}
+	return &options{windowSizes: durationList{10 * time.Second, time.Minute, time.Hour}}
 }
 
 func (o *options) addCommon(fs *flag.FlagSet) {

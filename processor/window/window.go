@@ -4,7 +4,7 @@
 //
 // # Semantics
 //
-// Windows of every configured size (default 10s and 1m) are aligned to the
+// Windows of every configured size (the processor defaults to 10s, 1m and 1h) are aligned to the
 // UTC epoch: a reading at event time t belongs, for size s, to the window
 // [floor(t/s)·s, floor(t/s)·s+s). Per device × metric × size × window start
 // the engine keeps count, sum, min, max, first and last (by event time, ties
