@@ -37,6 +37,7 @@ module.exports = {
   setupFilesAfterEnv: ['<rootDir>/jest.setup.js'],
   moduleNameMapper: {
     '\\.(css|scss|sass)$': '<rootDir>/jest.styleMock.js',
+    '^react-inlinesvg$': '<rootDir>/jest.inlineSvgMock.js',
   },
   transform: {
     '^.+\\.(t|j)sx?$': swc,

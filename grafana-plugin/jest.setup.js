@@ -29,3 +29,12 @@ if (!global.ResizeObserver) {
     disconnect() {}
   };
 }
+
+// i18next (inside @grafana/ui) advertises itself on console.info at start; keep test output readable.
+const consoleInfo = console.info;
+console.info = (...args) => {
+  if (typeof args[0] === 'string' && args[0].includes('i18next is made possible')) {
+    return;
+  }
+  consoleInfo(...args);
+};
