@@ -43,11 +43,10 @@ WORKDIR /src/grafana-plugin
 COPY grafana-plugin/go.mod grafana-plugin/go.sum ./
 RUN --mount=type=cache,target=/go/pkg/mod go mod download
 COPY grafana-plugin/ ./
+ENV CGO_ENABLED=0 GOOS=linux
 RUN --mount=type=cache,target=/go/pkg/mod --mount=type=cache,target=/root/.cache/go-build \
-    set -e; for arch in amd64 arm64; do \
-      CGO_ENABLED=0 GOOS=linux GOARCH=$arch \
-        go build -trimpath -ldflags "-s -w" -o /out/gpx_iotpipe_linux_$arch ./pkg; \
-    done
+    GOARCH=amd64 go build -trimpath -ldflags "-s -w" -o /out/gpx_iotpipe_linux_amd64 ./pkg \
+    && GOARCH=arm64 go build -trimpath -ldflags "-s -w" -o /out/gpx_iotpipe_linux_arm64 ./pkg
 
 # ---- plugin: the assembled dist. `docker compose` runs it once to fill the plugin volume.
 FROM ${RUNTIME_IMAGE} AS plugin
