@@ -38,3 +38,16 @@ console.info = (...args) => {
   }
   consoleInfo(...args);
 };
+
+// jsdom has no IntersectionObserver; @grafana/ui's Select menu (ScrollIndicators) uses it.
+if (!global.IntersectionObserver) {
+  global.IntersectionObserver = class {
+    constructor() {}
+    observe() {}
+    unobserve() {}
+    disconnect() {}
+    takeRecords() {
+      return [];
+    }
+  };
+}
