@@ -241,6 +241,10 @@ func TestParseTime(t *testing.T) {
 		"":                          now.Add(-time.Hour), // the default passed below
 		"now":                       now,
 		"now-90m":                   now.Add(-90 * time.Minute),
+		"now-30d":                   now.Add(-30 * 24 * time.Hour),
+		"now-2w":                    now.Add(-14 * 24 * time.Hour),
+		"now-1d12h":                 now.Add(-36 * time.Hour),
+		"now-1w2d3h":                now.Add(-(9*24 + 3) * time.Hour),
 		"1767225600":                time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC),
 		"1767225600123":             time.Date(2026, 1, 1, 0, 0, 0, 123e6, time.UTC),
 		"2026-01-01T01:00:00+01:00": time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC),
@@ -251,7 +255,7 @@ func TestParseTime(t *testing.T) {
 			t.Errorf("parseTime(%q) = %v, %v; want %v", in, got, err, want)
 		}
 	}
-	for _, bad := range []string{"now-", "now-abc", "yesterday", "2026-13-01T00:00:00Z"} {
+	for _, bad := range []string{"now-", "now-abc", "yesterday", "2026-13-01T00:00:00Z", "now-d", "now-1.5d", "now--1d", "now-3d2w", "now-99999999d"} {
 		if _, err := parseTime(bad, now, now); err == nil {
 			t.Errorf("parseTime(%q) accepted", bad)
 		}

@@ -202,6 +202,36 @@ func parseDuration(name, v string) (time.Duration, error) {
 	return d, nil
 }
 
+// parseAgo reads Go durations plus the day and week units Grafana users
+// type: "30d", "2w", "1d12h".
+func parseAgo(v string) (time.Duration, error) {
+	if v == "" {
+		return 0, errors.New("missing duration")
+	}
+	var total time.Duration
+	for _, unit := range []struct {
+		suffix string
+		d      time.Duration
+	}{{"w", 7 * 24 * time.Hour}, {"d", 24 * time.Hour}} {
+		if i := strings.Index(v, unit.suffix); i > 0 {
+			n, err := strconv.ParseUint(v[:i], 10, 16)
+			if err != nil {
+				return 0, fmt.Errorf("bad number of %s in %q", unit.suffix, v)
+			}
+			total += time.Duration(n) * unit.d
+			v = v[i+1:]
+		}
+	}
+	if v == "" {
+		return total, nil
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil {
+		return 0, err
+	}
+	return total + d, nil
+}
+
 // parseTime accepts RFC 3339, Unix seconds or milliseconds, "now" and
 // "now-<duration>" (as Grafana and Prometheus users type them).
 func parseTime(v string, now, def time.Time) (time.Time, error) {
@@ -211,7 +241,7 @@ func parseTime(v string, now, def time.Time) (time.Time, error) {
 	case v == "now":
 		return now, nil
 	case strings.HasPrefix(v, "now-"):
-		d, err := time.ParseDuration(v[len("now-"):])
+		d, err := parseAgo(v[len("now-"):])
 		if err != nil {
 			return time.Time{}, fmt.Errorf("%q: %w", v, err)
 		}
