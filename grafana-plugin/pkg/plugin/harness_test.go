@@ -295,7 +295,7 @@ func (p *pipeline) publish(tb testing.TB, tokens map[string]string, rs []reading
 	for _, m := range msgs {
 		c := clients[m.device]
 		if c == nil {
-			opts := mqtt.NewClientOptions().AddBroker("tcp://"+p.mqttAddr).SetClientID(m.device).
+			opts := mqtt.NewClientOptions().AddBroker("tcp://" + p.mqttAddr).SetClientID(m.device).
 				SetUsername(m.device).SetPassword(tokens[m.device]).SetProtocolVersion(4).SetAutoReconnect(false)
 			c = mqtt.NewClient(opts)
 			if tk := c.Connect(); !tk.WaitTimeout(10*time.Second) || tk.Error() != nil {
