@@ -12,12 +12,16 @@ ARG GO_IMAGE=golang:1.26-bookworm
 ARG NODE_IMAGE=node:20-bookworm
 ARG RUNTIME_IMAGE=debian:bookworm-slim
 
-# ---- iotpipe: a static binary. chDB (libchdb.so) is loaded at run time only for the
+# ---- iotpipe, without cgo. chDB (libchdb.so) is loaded at run time only for the
 # embedded storage engine; against a ClickHouse server it is never opened, so the
-# image does not carry it and cgo is off.
+# image does not carry it. Note: purego (the chDB binding) makes even a CGO_ENABLED=0
+# binary link dynamically against glibc (libc, libdl, libpthread; it needs dlopen), so
+# the runtime image must be glibc-based: debian slim or distroless/base, not alpine,
+# distroless/static or scratch.
 FROM --platform=$BUILDPLATFORM ${GO_IMAGE} AS build
-ARG TARGETOS=linux
-ARG TARGETARCH=amd64
+# Set by BuildKit from --platform (empty with the legacy builder: the host's).
+ARG TARGETOS
+ARG TARGETARCH
 ARG VERSION=docker
 WORKDIR /src
 COPY go.mod go.sum ./
@@ -56,8 +60,8 @@ RUN chmod -R a+rX /dist && chmod a+x /dist/gpx_iotpipe_linux_*
 # Replace the volume's content, so a rebuilt plugin never mixes with an old one.
 CMD ["sh", "-c", "set -e; mkdir -p /plugin; find /plugin -mindepth 1 -delete; cp -R /dist/. /plugin/; echo \"plugin copied:\"; ls -l /plugin"]
 
-# ---- runtime: iotpipe, non-root, data under /data. Compose does the health checks
-# (curl is here for them: GET /readyz).
+# ---- runtime: iotpipe, non-root, data under /data; glibc-based (see the build stage).
+# Compose does the health checks (curl is here for them: GET /readyz).
 FROM ${RUNTIME_IMAGE} AS runtime
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates curl \

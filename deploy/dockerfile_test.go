@@ -211,6 +211,12 @@ func TestDockerfileGoVersion(t *testing.T) {
 
 func TestDockerfileRuntime(t *testing.T) {
 	rt := dockerfileStage(t, "runtime")
+	// purego (chDB's binding) links iotpipe against glibc even with CGO_ENABLED=0.
+	for _, bad := range []string{"alpine", "distroless/static", "scratch", "busybox"} {
+		if strings.Contains(rt.base, bad) {
+			t.Errorf("runtime stage: base %q has no glibc, which the iotpipe binary links", rt.base)
+		}
+	}
 	users := rt.all("USER")
 	if len(users) == 0 {
 		t.Fatalf("runtime stage: no USER; it would run as root")
