@@ -104,7 +104,7 @@ func (s *Store) Series(ctx context.Context, q SeriesQuery) ([]Point, error) {
 SELECT toInt64(intDiv(toInt64(toUnixTimestamp(window_start)), ?) * ?) AS bucket,
 	toFloat64(`+agg+`) AS value,
 	toUInt64(sum(count)) AS n
-FROM {db}.windows FINAL
+FROM {db}.window_aggregates FINAL
 WHERE device = ? AND metric = ? AND window_size = ?
 	AND window_start >= toDateTime(?, 'UTC') AND window_start < toDateTime(?, 'UTC')
 GROUP BY bucket
@@ -162,23 +162,33 @@ func (s *Store) Summary(ctx context.Context, q SummaryQuery) ([]DeviceValue, err
 	if len(ts) == 0 {
 		return nil, nil
 	}
-	args := []any{q.Metric}
-	var terms []string
-	for _, t := range ts {
-		terms = append(terms, "(window_size = ? AND window_start >= toDateTime(?, 'UTC') AND window_start < toDateTime(?, 'UTC'))")
-		args = append(args, uint32(t.size/time.Second), t.lo, t.hi)
-	}
-	filter := "\n\tAND (" + strings.Join(terms, "\n\t\tOR ") + ")"
+	// One subquery per tile, each a single key range (metric, size, start
+	// between): ClickHouse prunes parts and granules for each, where one OR
+	// of ranges made it scan every window of the metric.
+	devFilter := ""
+	var devArgs []any
 	if len(q.Devices) > 0 {
-		filter += " AND device IN (" + strings.TrimSuffix(strings.Repeat("?, ", len(q.Devices)), ", ") + ")"
+		devFilter = " AND device IN (" + strings.TrimSuffix(strings.Repeat("?, ", len(q.Devices)), ", ") + ")"
 		for _, d := range q.Devices {
-			args = append(args, d)
+			devArgs = append(devArgs, d)
 		}
+	}
+	var (
+		parts []string
+		args  []any
+	)
+	for _, t := range ts {
+		parts = append(parts, `
+	SELECT device, count, sum, min, max FROM {db}.window_aggregates FINAL
+	WHERE metric = ? AND window_size = ?
+		AND window_start >= toDateTime(?, 'UTC') AND window_start < toDateTime(?, 'UTC')`+devFilter)
+		args = append(args, q.Metric, uint32(t.size/time.Second), t.lo, t.hi)
+		args = append(args, devArgs...)
 	}
 	rows, err := s.eng.query(ctx, s.sql(`
 SELECT device, toFloat64(`+agg+`) AS value, toUInt64(sum(count)) AS n
-FROM {db}.windows FINAL
-WHERE metric = ?`+filter+`
+FROM (`+strings.Join(parts, "\n\tUNION ALL")+`
+)
 GROUP BY device
 ORDER BY device`), args...)
 	if err != nil {
@@ -201,17 +211,17 @@ ORDER BY device`), args...)
 
 // Devices lists devices that have stored windows, sorted.
 func (s *Store) Devices(ctx context.Context) ([]string, error) {
-	return s.strings(ctx, "SELECT DISTINCT device FROM {db}.windows ORDER BY device")
+	return s.strings(ctx, "SELECT DISTINCT device FROM {db}.device_metrics ORDER BY device")
 }
 
 // Metrics lists the metrics a device has stored windows for, sorted.
 func (s *Store) Metrics(ctx context.Context, device string) ([]string, error) {
-	return s.strings(ctx, "SELECT DISTINCT toString(metric) AS m FROM {db}.windows WHERE device = ? ORDER BY m", device)
+	return s.strings(ctx, "SELECT DISTINCT toString(metric) AS m FROM {db}.device_metrics WHERE device = ? ORDER BY m", device)
 }
 
 // AllMetrics lists the metrics of all devices, sorted.
 func (s *Store) AllMetrics(ctx context.Context) ([]string, error) {
-	return s.strings(ctx, "SELECT DISTINCT toString(metric) AS m FROM {db}.windows ORDER BY m")
+	return s.strings(ctx, "SELECT DISTINCT toString(metric) AS m FROM {db}.device_metrics ORDER BY m")
 }
 
 func (s *Store) strings(ctx context.Context, q string, args ...any) ([]string, error) {
@@ -294,7 +304,7 @@ func (s *Store) Windows(ctx context.Context, q WindowsQuery) ([]Window, error) {
 SELECT device, toString(metric), toUInt64(window_size), toInt64(toUnixTimestamp(window_start)),
 	toUInt64(count), toFloat64(sum), toFloat64(min), toFloat64(max), toFloat64(first), toFloat64(last),
 	toInt64(toUnixTimestamp64Milli(first_at)), toInt64(toUnixTimestamp64Milli(last_at)), toUInt64(version)
-FROM {db}.windows FINAL`+where+`
+FROM {db}.window_aggregates FINAL`+where+`
 ORDER BY device, metric, window_size, window_start`+limit), args...)
 	if err != nil {
 		return nil, fmt.Errorf("storage: windows: %w", err)

@@ -155,7 +155,7 @@ func (s *Store) WriteBatch(ctx context.Context, windows []Window, readings []Rea
 		}
 	}
 	if len(windows) > 0 {
-		err := s.insertRows(ctx, "{db}.windows", windowCols, len(windows), windowRB,
+		err := s.insertRows(ctx, "{db}.window_aggregates", windowCols, len(windows), windowRB,
 			func(i int) []any { return windowRow(&windows[i]) },
 			func(b []byte, i int) []byte { return appendWindowRB(b, &windows[i]) })
 		if err != nil {

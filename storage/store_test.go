@@ -84,7 +84,7 @@ func TestMigrationsIdempotent(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if fmt.Sprint(tables) != "[readings schema_migrations windows]" {
+		if fmt.Sprint(tables) != "[device_metrics device_metrics_mv readings schema_migrations window_aggregates]" {
 			t.Fatalf("tables %v", tables)
 		}
 	})
