@@ -6,7 +6,9 @@
 #   1. vet and gofmt,
 #   2. every Go test on the embedded Kafka (kfake) and chDB,
 #   3. the Kafka-facing suites again against Apache Kafka,
-#   4. the fuzzers for a bounded time.
+#   4. the Grafana plugin: frontend typecheck, jest and build, backend
+#      executables, and the backend's gRPC tests against a running iotpipe,
+#   5. the fuzzers for a bounded time.
 # Nothing is skipped: IOTPIPE_REQUIRE_ALL=1 turns every "dependency missing"
 # skip into a failure.
 set -euo pipefail
@@ -60,11 +62,27 @@ go test -count=1 -timeout 20m ./...
 log "go test against Apache Kafka at $kafka_addr"
 IOTPIPE_KAFKA_BROKERS=$kafka_addr go test -count=1 -timeout 20m $(go list ./... | grep -E '/(registry|ingest|broker|processor|api|cmd/iotpipe)$')
 
-log "fuzzing, $fuzztime per target"
-for pkg in $(go list ./...); do
-	dir=$(go list -f '{{.Dir}}' "$pkg")
-	for fz in $(grep -ho '^func Fuzz[A-Za-z0-9_]*' "$dir"/*_test.go 2>/dev/null | sed 's/^func //'); do
-		go test -run '^$' -fuzz "^$fz\$" -fuzztime "$fuzztime" "$pkg"
-	done
+log "Grafana plugin: build (npm ci from cache, webpack, backend executables)"
+scripts/build-plugin.sh
+for f in module.js plugin.json gpx_iotpipe_linux_amd64 gpx_iotpipe_linux_arm64 gpx_iotpipe_darwin_amd64 gpx_iotpipe_darwin_arm64; do
+	[ -s "grafana-plugin/dist/$f" ] || { echo "grafana-plugin/dist/$f missing after the build" >&2; exit 1; }
 done
+log "Grafana plugin: frontend typecheck and unit tests"
+(cd grafana-plugin && npm run --silent typecheck && npm test --silent)
+log "Grafana plugin: backend vet and tests (the built executable over gRPC against a running iotpipe)"
+# ./pkg/... only: node_modules may hold stray .go files.
+(cd grafana-plugin && go vet ./pkg/... && go test -count=1 -timeout 15m ./pkg/...)
+
+log "fuzzing, $fuzztime per target"
+fuzz_module() { # $1: module dir, $2: package pattern
+	local pkg dir fz
+	for pkg in $(cd "$1" && go list "$2"); do
+		dir=$(cd "$1" && go list -f '{{.Dir}}' "$pkg")
+		for fz in $(grep -ho '^func Fuzz[A-Za-z0-9_]*' "$dir"/*_test.go 2>/dev/null | sed 's/^func //'); do
+			(cd "$1" && go test -run '^$' -fuzz "^$fz\$" -fuzztime "$fuzztime" "$pkg")
+		done
+	done
+}
+fuzz_module . ./...
+fuzz_module grafana-plugin ./pkg/...
 log "all tests passed"
