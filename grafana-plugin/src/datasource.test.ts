@@ -3,7 +3,7 @@ import { DataSourceWithBackend, LiveDataStreamOptions } from '@grafana/runtime';
 import { lastValueFrom, of, toArray } from 'rxjs';
 
 import { DS_UID, newDataSource } from './__fixtures__/fakes';
-import { MAX_STREAMS_PER_QUERY, shouldStream } from './datasource';
+import { MAX_STREAMS_PER_QUERY, shouldStream, streamWindow } from './datasource';
 import { base64url, IotpipeQuery, windowChannelPath } from './types';
 
 const VARS = {
@@ -195,32 +195,32 @@ describe('query with live windows', () => {
     return { ...newDataSource(VARS, { getDataStream }), getDataStream };
   }
 
-  it('subscribes per device to the window channel of the finest stored window and merges with the backend result', async () => {
+  it('subscribes per device to the window channel of the step-sized window, carrying the range, instead of querying', async () => {
     const { ds, getDataStream } = setup();
     const responses = await lastValueFrom(
       ds.query(request([q({ devices: ['$device'], aggregates: ['mean', 'max'], windowSeconds: 0 })])).pipe(toArray())
     );
 
-    expect(backendQuery).toHaveBeenCalledTimes(1);
+    expect(backendQuery).not.toHaveBeenCalled();
     expect(getDataStream).toHaveBeenCalledTimes(2);
     const calls = getDataStream.mock.calls.map(([o]) => o);
     expect(calls.map((o) => o.addr)).toEqual([
       {
         scope: LiveChannelScope.DataSource,
         stream: DS_UID,
-        path: `windows/${base64url('sim-001')}/${base64url('temperature')}/10/mean.max`,
+        path: `windows/${base64url('sim-001')}/${base64url('temperature')}/10/mean.max/3600`,
       },
       {
         scope: LiveChannelScope.DataSource,
         stream: DS_UID,
-        path: `windows/${base64url('sim-002')}/${base64url('temperature')}/10/mean.max`,
+        path: `windows/${base64url('sim-002')}/${base64url('temperature')}/10/mean.max/3600`,
       },
     ]);
     expect(calls.map((o) => o.key)).toEqual(['A/sim-001', 'A/sim-002']);
     expect(calls[0].buffer?.maxDelta).toBe(3600 * 1000);
 
-    expect(responses).toContain(backendResponse);
-    const streamed = responses.filter((r) => r !== backendResponse);
+    expect(responses).not.toContain(backendResponse);
+    const streamed = responses;
     expect(streamed).toHaveLength(2);
     // frames of a stream carry the refId of their query
     expect(streamed.every((r) => r.data[0].refId === 'A')).toBe(true);
@@ -242,7 +242,7 @@ describe('query with live windows', () => {
     expect(getResource).toHaveBeenCalledWith('devices', { label: 'site=a' });
     expect(getResource).not.toHaveBeenCalledWith('windows', undefined);
     expect(getDataStream.mock.calls.map(([o]) => o.key)).toEqual(['A/sim-001', 'A/sim-002', 'A/sim-003', 'B/sim-001']);
-    expect(getDataStream.mock.calls[0][0].addr.path).toBe(`windows/${base64url('sim-001')}/${base64url('temperature')}/60/sum`);
+    expect(getDataStream.mock.calls[0][0].addr.path).toBe(`windows/${base64url('sim-001')}/${base64url('temperature')}/60/sum/3600`);
   });
 
   it('caps the streams of one query', async () => {
@@ -268,12 +268,34 @@ describe('query with live windows', () => {
     expect(backendQuery).toHaveBeenCalledTimes(3);
   });
 
-  it('reports a failing windows resource as an error next to the backend result', async () => {
+  it('falls back to the regular query when the streams cannot be set up', async () => {
     const { ds, getResource } = setup();
     getResource.mockImplementation((() => Promise.reject({ status: 401, data: { error: 'token rejected' } })) as never);
+    const warn = jest.spyOn(console, 'warn').mockImplementation(() => {});
     const responses = await lastValueFrom(ds.query(request([q({ devices: ['sim-001'] })])).pipe(toArray()));
+    expect(responses).toEqual([backendResponse]);
+    expect(backendQuery).toHaveBeenCalledTimes(1);
+    expect(backendQuery.mock.calls[0][0].targets.map((t: IotpipeQuery) => t.refId)).toEqual(['A']);
+    expect(warn.mock.calls[0][0]).toMatch(/token rejected/);
+    warn.mockRestore();
+  });
+
+  it('queries summaries regularly next to streamed time series', async () => {
+    const { ds, getDataStream } = setup();
+    const responses = await lastValueFrom(
+      ds
+        .query(
+          request([
+            q({ refId: 'A', devices: ['sim-001'], windowSeconds: 10 }),
+            q({ refId: 'S', devices: ['sim-001'], queryType: 'summary', fleet: true }),
+          ])
+        )
+        .pipe(toArray())
+    );
+    expect(backendQuery).toHaveBeenCalledTimes(1);
+    expect(backendQuery.mock.calls[0][0].targets.map((t: IotpipeQuery) => t.refId)).toEqual(['S']);
+    expect(getDataStream).toHaveBeenCalledTimes(1);
     expect(responses).toContain(backendResponse);
-    expect(responses.find((r) => r.error)?.error?.message).toMatch(/token rejected/);
   });
 });
 
@@ -290,8 +312,28 @@ describe('shouldStream', () => {
       shouldStream({ ...base, targets: [...base.targets, { refId: 'B', datasource: { type: '__expr__', uid: '__expr__' } }] })
     ).toBe(false);
   });
+  it('does not stream ranges longer than a day', () => {
+    const to = dateTime('2026-01-02T12:00:00Z');
+    const from = dateTime('2026-01-01T11:59:00Z');
+    expect(shouldStream({ ...base, range: { from, to, raw: { from: 'now-1d1m', to: 'now' } } })).toBe(false);
+  });
   it('does not stream absolute ranges', () => {
     const to = dateTime('2026-01-01T12:00:00Z');
     expect(shouldStream({ ...base, rangeRaw: { from: to, to } })).toBe(false);
+  });
+});
+
+describe('streamWindow', () => {
+  it.each([
+    // sizes, intervalMs, rangeMs, maxDataPoints, want
+    [[10, 60, 3600], 1000, 5 * 60e3, 1000, 10], // 5 min: finer than any window → finest
+    [[10, 60, 3600], 10e3, 3600e3, 360, 10],
+    [[10, 60, 3600], 20e3, 6 * 3600e3, 1000, 10], // step 21.6 s
+    [[10, 60, 3600], 60e3, 24 * 3600e3, 1000, 60], // step 86.4 s
+    [[3600, 10, 60], 60e3, 24 * 3600e3, 1000, 60], // unsorted sizes
+    [[10, 60, 3600], 3600e3, 24 * 3600e3, 1000, 3600],
+    [[], 10e3, 3600e3, 1000, undefined],
+  ])('sizes %j interval %d range %d points %d → %s', (sizes, intervalMs, rangeMs, points, want) => {
+    expect(streamWindow(sizes as number[], intervalMs as number, rangeMs as number, points as number)).toBe(want);
   });
 });

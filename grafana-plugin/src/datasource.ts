@@ -17,7 +17,7 @@ import {
   LiveDataStreamOptions,
   TemplateSrv,
 } from '@grafana/runtime';
-import { catchError, from, map, merge, mergeMap, Observable, of } from 'rxjs';
+import { catchError, EMPTY, from, map, merge, mergeMap, Observable } from 'rxjs';
 
 import { errorMessage } from './errors';
 import { migrateQuery } from './migrations';
@@ -38,6 +38,31 @@ import { IotpipeVariableSupport, normalizeVariableQuery } from './variables';
  * second, so a selector that matches a large fleet streams only its first devices (sorted by id).
  */
 export const MAX_STREAMS_PER_QUERY = 50;
+
+/**
+ * Longest range streamed live. Beyond it points are minutes apart and the dashboard's refresh keeps them current,
+ * while a stream's first message would have to carry thousands of windows per device.
+ */
+export const MAX_LIVE_RANGE_MS = 24 * 3600 * 1000;
+
+/**
+ * Window size a live panel streams: the coarsest stored size not longer than the panel's step
+ * (max(interval, range / max data points)), else the finest — the backend's rule for regular queries.
+ */
+export function streamWindow(
+  sizes: readonly number[],
+  intervalMs: number,
+  rangeMs: number,
+  maxDataPoints?: number
+): number | undefined {
+  const sorted = [...sizes].sort((a, b) => a - b);
+  if (sorted.length === 0) {
+    return undefined;
+  }
+  const stepSeconds = Math.max(intervalMs, maxDataPoints ? rangeMs / maxDataPoints : 0) / 1000;
+  const fitting = sorted.filter((s) => s <= stepSeconds);
+  return fitting.length > 0 ? fitting[fitting.length - 1] : sorted[0];
+}
 
 /** Separates the values of a multi-value variable while expanding `devices` (never part of a device id). */
 const MULTI_VALUE_SEPARATOR = '\u001f';
@@ -103,28 +128,32 @@ export class DataSource extends DataSourceWithBackend<IotpipeQuery, IotpipeDataS
     return this.templateSrv.getVariables().map((v) => `$${v.name}`);
   }
 
-  /** Regular backend query, merged with live window streams when the range ends at "now". */
+  /**
+   * A panel whose range ends now gets its time series from live window streams: the backend's first message on a
+   * stream carries the whole range, later ones each newly stored window. Those queries are not also sent as
+   * regular queries (their series would be drawn twice); summaries and everything else are. If the streams cannot
+   * be set up, the regular query answers instead.
+   */
   query(request: DataQueryRequest<IotpipeQuery>): Observable<DataQueryResponse> {
-    const backend$ = super.query(request);
     if (!shouldStream(request)) {
-      return backend$;
+      return super.query(request);
     }
-    const targets = request.targets
+    const live = request.targets
       .filter((t) => this.filterQuery(t))
       .map((t) => this.applyTemplateVariables(t, request.scopedVars))
       .filter((t) => (t.queryType ?? 'timeseries') === 'timeseries');
-    if (targets.length === 0) {
-      return backend$;
+    if (live.length === 0) {
+      return super.query(request);
     }
-    const live$ = from(this.streamOptions(targets, request)).pipe(
+    const liveRefIds = new Set(live.map((t) => t.refId));
+    const rest = request.targets.filter((t) => !liveRefIds.has(t.refId));
+    const backend$ = rest.some((t) => this.filterQuery(t)) ? super.query({ ...request, targets: rest }) : EMPTY;
+    const live$ = from(this.streamOptions(live, request)).pipe(
       mergeMap((streams) => merge(...streams.map((s) => this.subscribe(s.options, s.refId)))),
-      catchError((err) =>
-        of<DataQueryResponse>({
-          data: [],
-          key: 'iotpipe-live',
-          error: { message: `iotpipe live windows: ${errorMessage(err)}` },
-        })
-      )
+      catchError((err) => {
+        console.warn(`iotpipe: live windows unavailable (${errorMessage(err)}); querying instead`);
+        return super.query({ ...request, targets: request.targets.filter((t) => liveRefIds.has(t.refId)) });
+      })
     );
     return merge(backend$, live$);
   }
@@ -152,7 +181,10 @@ export class DataSource extends DataSourceWithBackend<IotpipeQuery, IotpipeDataS
     const rangeMs = Math.max(1000, request.range.to.valueOf() - request.range.from.valueOf());
     const out: Array<{ refId: string; options: LiveDataStreamOptions }> = [];
     for (const t of targets) {
-      const windowSeconds = t.windowSeconds && t.windowSeconds > 0 ? t.windowSeconds : await this.finestWindow();
+      const windowSeconds =
+        t.windowSeconds && t.windowSeconds > 0
+          ? t.windowSeconds
+          : streamWindow(await this.getWindowSizes(), request.intervalMs, rangeMs, request.maxDataPoints);
       if (!windowSeconds) {
         continue;
       }
@@ -171,7 +203,7 @@ export class DataSource extends DataSourceWithBackend<IotpipeQuery, IotpipeDataS
             addr: {
               scope: LiveChannelScope.DataSource,
               stream: this.uid, // the datasource uid; called "namespace" before Grafana 12
-              path: windowChannelPath(device, t.metric ?? '', windowSeconds, t.aggregates ?? []),
+              path: windowChannelPath(device, t.metric ?? '', windowSeconds, t.aggregates ?? [], rangeMs / 1000),
             },
             buffer: { maxDelta: rangeMs, maxLength, action: StreamingFrameAction.Append },
           },
@@ -219,11 +251,6 @@ export class DataSource extends DataSourceWithBackend<IotpipeQuery, IotpipeDataS
     return this.windowSizes;
   }
 
-  private async finestWindow(): Promise<number | undefined> {
-    const sizes = await this.getWindowSizes();
-    return sizes.length > 0 ? sizes[0] : undefined;
-  }
-
   /**
    * Values of a template variable: {"type":"devices","labelSelector":""} → device ids (text = name, or the id when
    * unnamed); {"type":"metrics","device":""} → metric names.
@@ -250,6 +277,10 @@ export class DataSource extends DataSourceWithBackend<IotpipeQuery, IotpipeDataS
  * evaluated by the backend alone.
  */
 export function shouldStream(request: DataQueryRequest<IotpipeQuery>): boolean {
+  const rangeMs = request.range ? request.range.to.valueOf() - request.range.from.valueOf() : 0;
+  if (rangeMs > MAX_LIVE_RANGE_MS) {
+    return false;
+  }
   if (request.app === CoreApp.UnifiedAlerting || request.app === CoreApp.CloudAlerting) {
     return false;
   }

@@ -121,10 +121,13 @@ export function windowChannelPath(
   device: string,
   metric: string,
   windowSeconds: number,
-  aggregates: readonly string[]
+  aggregates: readonly string[],
+  historySeconds = 0
 ): string {
   const aggs = aggregates.length > 0 ? aggregates : ['mean'];
-  return `windows/${base64url(device)}/${base64url(metric)}/${windowSeconds}/${aggs.join('.')}`;
+  const path = `windows/${base64url(device)}/${base64url(metric)}/${windowSeconds}/${aggs.join('.')}`;
+  // The backend's first message covers this much history, so a live panel needs no separate query.
+  return historySeconds > 0 ? `${path}/${Math.ceil(historySeconds)}` : path;
 }
 
 /** "10s", "1m", "1h30m" for a window size in seconds. */
