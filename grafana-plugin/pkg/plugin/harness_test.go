@@ -158,8 +158,9 @@ type pipeline struct {
 }
 
 // startPipeline starts `iotpipe run` and waits for /readyz. Short idle
-// timeout and lateness let windows of past readings close within seconds.
-func startPipeline(tb testing.TB) (*pipeline, error) {
+// timeout and lateness let windows of past readings close within seconds;
+// extra flags override the defaults.
+func startPipeline(tb testing.TB, extra ...string) (*pipeline, error) {
 	dataDir, err := os.MkdirTemp("", "iotpipe-plugin-data")
 	if err != nil {
 		return nil, err
@@ -173,11 +174,12 @@ func startPipeline(tb testing.TB) (*pipeline, error) {
 	}
 	httpAddr := fmt.Sprintf("127.0.0.1:%d", freePort(tb))
 	p.url = "http://" + httpAddr
-	p.cmd = exec.Command(iotpipeBin, "run", "--data-dir", dataDir, "--log-format", "json", "--log-level", "info",
+	args := []string{"run", "--data-dir", dataDir, "--log-format", "json", "--log-level", "info",
 		"--mqtt-addr", p.mqttAddr, "--http-addr", httpAddr,
 		"--embedded-kafka-addr", fmt.Sprintf("127.0.0.1:%d", freePort(tb)),
 		"--admin-token", p.adminToken, "--read-token", p.readToken,
-		"--window-sizes", "10s,1m", "--idle-timeout", "3s", "--allowed-lateness", "1s")
+		"--window-sizes", "10s,1m", "--idle-timeout", "3s", "--allowed-lateness", "1s"}
+	p.cmd = exec.Command(iotpipeBin, append(args, extra...)...) // later flags win
 	p.cmd.Stdout, p.cmd.Stderr = p.logs, p.logs
 	if err := p.cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start iotpipe: %w", err)
@@ -241,6 +243,23 @@ func (p *pipeline) call(method, path string, q url.Values, body, out any) error 
 		return fmt.Errorf("%s %s: %d %s", method, path, resp.StatusCode, b)
 	}
 	return json.Unmarshal(b, out)
+}
+
+// metrics returns iotpipe's own counters, for failure messages.
+func (p *pipeline) metrics() string {
+	resp, err := http.Get(p.url + "/metrics")
+	if err != nil {
+		return err.Error()
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	var out []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(l, "iotpipe_") && !strings.Contains(l, "_bucket") {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
 }
 
 // createDevice registers a device and returns its MQTT token.
@@ -351,7 +370,7 @@ func (p *pipeline) waitStored(tb testing.TB, rs []reading, from, to time.Time) {
 				break
 			}
 			if time.Now().After(deadline) {
-				tb.Fatalf("%s: stored counts %v, want %v after 120s\n%s", metric, got, devs, tail(p.logs.String(), 30))
+				tb.Fatalf("%s: stored counts %v, want %v after 120s\nmetrics:\n%s\nlog:\n%s", metric, got, devs, p.metrics(), tail(p.logs.String(), 40))
 			}
 			time.Sleep(200 * time.Millisecond) // polling the API
 		}
