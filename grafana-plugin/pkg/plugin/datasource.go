@@ -144,12 +144,16 @@ func (d *Datasource) Dispose() {
 
 // apiInfo returns the API's window sizes and limits, cached briefly: they
 // change only when iotpipe restarts with other flags.
+//
+// The lock is not held during the call: with an unreachable API, concurrent
+// queries would otherwise wait for each other's timeouts in turn.
 func (d *Datasource) apiInfo(ctx context.Context) (Info, error) {
 	d.infoMu.Lock()
-	defer d.infoMu.Unlock()
 	if !d.infoAt.IsZero() && d.now().Sub(d.infoAt) < infoTTL {
+		defer d.infoMu.Unlock()
 		return d.info, nil
 	}
+	d.infoMu.Unlock()
 	info, err := d.api.info(ctx)
 	if err != nil {
 		return Info{}, err
@@ -158,7 +162,9 @@ func (d *Datasource) apiInfo(ctx context.Context) (Info, error) {
 		return Info{}, &APIError{Status: http.StatusBadGateway, URL: d.settings.URL.String() + "/api/v1/info",
 			Message: "no window_sizes_seconds in the answer"}
 	}
+	d.infoMu.Lock()
 	d.info, d.infoAt = info, d.now()
+	d.infoMu.Unlock()
 	return info, nil
 }
 

@@ -632,3 +632,116 @@ func checkStreamFrame(t *testing.T, fr *data.Frame, ch Channel, rs []reading) {
 		}
 	}
 }
+
+// TestQueryInProcess runs many concurrent queries on an in-process instance
+// (so `go test -race` sees the plugin's own goroutines) and requires the
+// same frames as the plugin process answered over gRPC.
+func TestQueryInProcess(t *testing.T) {
+	f := getFixture(t)
+	inst, err := NewDatasource(context.Background(), f.ds)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := inst.(*Datasource)
+	defer d.Dispose()
+	var qs []backend.DataQuery
+	for i, dev := range []string{"dev-a", "dev-b", "dev-c", "*"} {
+		for j, typ := range []string{"timeseries", "summary"} {
+			qs = append(qs, f.dq(fmt.Sprintf("q%d%d", i, j), map[string]any{"schemaVersion": 1, "queryType": typ,
+				"devices": []string{dev}, "metric": "temperature", "aggregates": []string{"mean", "max", "count"}}, maxPoints(int64(10+i))))
+		}
+	}
+	qs = append(qs, f.dq("bad", map[string]any{"schemaVersion": 1, "devices": []string{"nope"}, "metric": "temperature"}))
+	got, err := d.QueryData(context.Background(), &backend.QueryDataRequest{PluginContext: pctx(f.ds), Queries: qs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := f.pp.query(t, f.ds, qs...)
+	if len(got.Responses) != len(qs) || len(want.Responses) != len(qs) {
+		t.Fatalf("%d and %d responses, want %d", len(got.Responses), len(want.Responses), len(qs))
+	}
+	for ref, w := range want.Responses {
+		g := got.Responses[ref]
+		if (g.Error == nil) != (w.Error == nil) || (g.Error != nil && (g.Error.Error() != w.Error.Error() || g.Status != w.Status)) {
+			t.Errorf("%s: in-process error %v (%d), over gRPC %v (%d)", ref, g.Error, g.Status, w.Error, w.Status)
+			continue
+		}
+		// The SDK's serving side sets each frame's RefID and sends no
+		// frames as an empty list; do the same here.
+		for _, fr := range g.Frames {
+			fr.RefID = ref
+		}
+		if g.Frames == nil {
+			g.Frames = data.Frames{}
+		}
+		gj, err1 := json.Marshal(g.Frames)
+		wj, err2 := json.Marshal(w.Frames)
+		if err1 != nil || err2 != nil || string(gj) != string(wj) {
+			t.Errorf("%s: frames differ in process and over gRPC (%v %v):\n%s\n%s", ref, err1, err2, gj, wj)
+		}
+	}
+	if got.Responses["bad"].Error == nil || got.Responses["q30"].Error != nil || len(got.Responses["q30"].Frames) != len(fixtureDevices)*3 {
+		t.Errorf("bad: %v; q30: %v with %d frames", got.Responses["bad"].Error, got.Responses["q30"].Error, len(got.Responses["q30"].Frames))
+	}
+}
+
+type packetFunc func(*backend.StreamPacket) error
+
+func (f packetFunc) Send(p *backend.StreamPacket) error { return f(p) }
+
+// TestRunStreamInProcess follows the fixture's stored windows with the clock
+// set just after them: the first message holds the windows of the look-back
+// (5 minutes) exactly, nothing is sent twice, and disposing the instance
+// ends the stream.
+func TestRunStreamInProcess(t *testing.T) {
+	f := getFixture(t)
+	d := newDatasource(f.ds)
+	now := f.to.Add(time.Minute)
+	d.now = func() time.Time { return now }
+	d.streamInterval = 20 * time.Millisecond
+	ch := Channel{Device: "dev-a", Metric: "humidity", WindowSeconds: 10, Aggregates: []string{"mean", "min", "sum"}}
+	frames := make(chan *data.Frame, 100)
+	sender := backend.NewStreamSender(packetFunc(func(p *backend.StreamPacket) error {
+		var fr data.Frame
+		if err := json.Unmarshal(p.Data, &fr); err != nil {
+			return err
+		}
+		frames <- &fr
+		return nil
+	}))
+	done := make(chan error, 1)
+	go func() {
+		done <- d.RunStream(context.Background(), &backend.RunStreamRequest{PluginContext: pctx(f.ds), Path: FormatChannel(ch)}, sender)
+	}()
+	var want []reading
+	for _, r := range f.readings {
+		if r.device == ch.Device && r.metric == ch.Metric && !r.at.Before(now.Add(-5*time.Minute)) {
+			want = append(want, r)
+		}
+	}
+	select {
+	case fr := <-frames:
+		checkStreamFrame(t, fr, ch, want)
+	case err := <-done:
+		t.Fatalf("RunStream ended before sending: %v", err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("no stream message within 30s")
+	}
+	// A negative check: for half a second (some 25 polls at 20ms) the
+	// unchanged windows must not be sent again.
+	polls := time.After(500 * time.Millisecond)
+	select {
+	case fr := <-frames:
+		t.Fatalf("unchanged windows sent again: %d rows", fr.Rows())
+	case <-polls:
+	}
+	d.Dispose()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("RunStream after Dispose: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("RunStream did not stop after Dispose")
+	}
+}
