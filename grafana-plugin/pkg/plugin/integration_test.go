@@ -690,58 +690,73 @@ type packetFunc func(*backend.StreamPacket) error
 func (f packetFunc) Send(p *backend.StreamPacket) error { return f(p) }
 
 // TestRunStreamInProcess follows the fixture's stored windows with the clock
-// set just after them: the first message holds the windows of the look-back
-// (5 minutes) exactly, nothing is sent twice, and disposing the instance
-// ends the stream.
+// set just after them: the first message holds exactly the windows of the
+// look-back (5 minutes, or the channel's history), also when there are none;
+// nothing is sent twice; disposing the instance ends the stream.
 func TestRunStreamInProcess(t *testing.T) {
 	f := getFixture(t)
-	d := newDatasource(f.ds)
 	now := f.to.Add(time.Minute)
-	d.now = func() time.Time { return now }
-	d.streamInterval = 20 * time.Millisecond
-	ch := Channel{Device: "dev-a", Metric: "humidity", WindowSeconds: 10, Aggregates: []string{"mean", "min", "sum"}}
-	frames := make(chan *data.Frame, 100)
-	sender := backend.NewStreamSender(packetFunc(func(p *backend.StreamPacket) error {
-		var fr data.Frame
-		if err := json.Unmarshal(p.Data, &fr); err != nil {
-			return err
+	since := func(device, metric string, from time.Time) []reading {
+		var out []reading
+		for _, r := range f.readings {
+			if r.device == device && r.metric == metric && !r.at.Before(from) {
+				out = append(out, r)
+			}
 		}
-		frames <- &fr
-		return nil
-	}))
-	done := make(chan error, 1)
-	go func() {
-		done <- d.RunStream(context.Background(), &backend.RunStreamRequest{PluginContext: pctx(f.ds), Path: FormatChannel(ch)}, sender)
-	}()
-	var want []reading
-	for _, r := range f.readings {
-		if r.device == ch.Device && r.metric == ch.Metric && !r.at.Before(now.Add(-5*time.Minute)) {
-			want = append(want, r)
-		}
+		return out
 	}
-	select {
-	case fr := <-frames:
-		checkStreamFrame(t, fr, ch, want)
-	case err := <-done:
-		t.Fatalf("RunStream ended before sending: %v", err)
-	case <-time.After(30 * time.Second):
-		t.Fatal("no stream message within 30s")
-	}
-	// A negative check: for half a second (some 25 polls at 20ms) the
-	// unchanged windows must not be sent again.
-	polls := time.After(500 * time.Millisecond)
-	select {
-	case fr := <-frames:
-		t.Fatalf("unchanged windows sent again: %d rows", fr.Rows())
-	case <-polls:
-	}
-	d.Dispose()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("RunStream after Dispose: %v", err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("RunStream did not stop after Dispose")
+	for _, tc := range []struct {
+		name string
+		ch   Channel
+		want []reading
+	}{
+		{"default look-back", Channel{Device: "dev-a", Metric: "humidity", WindowSeconds: 10, Aggregates: []string{"mean", "min", "sum"}},
+			since("dev-a", "humidity", now.Add(-5*time.Minute))},
+		{"history", Channel{Device: "dev-b", Metric: "temperature", WindowSeconds: 60, Aggregates: []string{"max", "count"}, HistorySeconds: 3600},
+			since("dev-b", "temperature", f.from)},
+		{"no windows", Channel{Device: "dev-idle", Metric: "temperature", WindowSeconds: 10, Aggregates: []string{"mean"}}, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d := newDatasource(f.ds)
+			d.now = func() time.Time { return now }
+			d.streamInterval = 20 * time.Millisecond
+			frames := make(chan *data.Frame, 100)
+			sender := backend.NewStreamSender(packetFunc(func(p *backend.StreamPacket) error {
+				var fr data.Frame
+				if err := json.Unmarshal(p.Data, &fr); err != nil {
+					return err
+				}
+				frames <- &fr
+				return nil
+			}))
+			done := make(chan error, 1)
+			go func() {
+				done <- d.RunStream(context.Background(), &backend.RunStreamRequest{PluginContext: pctx(f.ds), Path: FormatChannel(tc.ch)}, sender)
+			}()
+			select {
+			case fr := <-frames:
+				checkStreamFrame(t, fr, tc.ch, tc.want)
+			case err := <-done:
+				t.Fatalf("RunStream ended before sending: %v", err)
+			case <-time.After(30 * time.Second):
+				t.Fatal("no stream message within 30s")
+			}
+			// A negative check: for half a second (some 25 polls at 20ms)
+			// the unchanged windows must not be sent again.
+			select {
+			case fr := <-frames:
+				t.Fatalf("unchanged windows sent again: %d rows", fr.Rows())
+			case <-time.After(500 * time.Millisecond):
+			}
+			d.Dispose()
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Fatalf("RunStream after Dispose: %v", err)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("RunStream did not stop after Dispose")
+			}
+		})
 	}
 }

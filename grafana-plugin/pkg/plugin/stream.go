@@ -15,14 +15,17 @@ import (
 )
 
 // Channel is a parsed live channel path:
-// windows/<device b64url>/<metric b64url>/<windowSeconds>/<agg1.agg2>.
+// windows/<device b64url>/<metric b64url>/<windowSeconds>/<agg1.agg2>[/<historySeconds>].
 // Device and metric are base64url (no padding) because ids may contain
-// characters a channel path cannot.
+// characters a channel path cannot. The optional history is how far back
+// the first message reaches (the frontend serves a live panel's whole range
+// from the stream); without it, max(10 windows, 5 minutes).
 type Channel struct {
-	Device        string
-	Metric        string
-	WindowSeconds int64
-	Aggregates    []string
+	Device         string
+	Metric         string
+	WindowSeconds  int64
+	Aggregates     []string
+	HistorySeconds int64 // 0 = the default look-back
 }
 
 var errBadChannel = errors.New("bad channel path")
@@ -35,8 +38,8 @@ var b64 = base64.RawURLEncoding.Strict()
 // for every c it returns without error, FormatChannel(c) == path.
 func ParseChannel(path string) (Channel, error) {
 	parts := strings.Split(path, "/")
-	if len(parts) != 5 || parts[0] != "windows" {
-		return Channel{}, fmt.Errorf("%w %q: want windows/<device>/<metric>/<windowSeconds>/<aggregates>", errBadChannel, path)
+	if (len(parts) != 5 && len(parts) != 6) || parts[0] != "windows" {
+		return Channel{}, fmt.Errorf("%w %q: want windows/<device>/<metric>/<windowSeconds>/<aggregates>[/<historySeconds>]", errBadChannel, path)
 	}
 	dev, ok := decodeSegment(parts[1])
 	if !ok {
@@ -46,9 +49,15 @@ func ParseChannel(path string) (Channel, error) {
 	if !ok {
 		return Channel{}, fmt.Errorf("%w %q: metric is not base64url without padding", errBadChannel, path)
 	}
-	ws, err := strconv.ParseInt(parts[3], 10, 64)
-	if err != nil || ws <= 0 || strconv.FormatInt(ws, 10) != parts[3] {
+	ws, ok := positiveInt(parts[3])
+	if !ok {
 		return Channel{}, fmt.Errorf("%w %q: window seconds must be a positive integer", errBadChannel, path)
+	}
+	var history int64
+	if len(parts) == 6 {
+		if history, ok = positiveInt(parts[5]); !ok {
+			return Channel{}, fmt.Errorf("%w %q: history seconds must be a positive integer", errBadChannel, path)
+		}
 	}
 	aggs := strings.Split(parts[4], ".")
 	for i, a := range aggs {
@@ -56,7 +65,13 @@ func ParseChannel(path string) (Channel, error) {
 			return Channel{}, fmt.Errorf("%w %q: aggregates must be distinct of %s joined by dots", errBadChannel, path, strings.Join(Aggregates, ", "))
 		}
 	}
-	return Channel{Device: dev, Metric: met, WindowSeconds: ws, Aggregates: aggs}, nil
+	return Channel{Device: dev, Metric: met, WindowSeconds: ws, Aggregates: aggs, HistorySeconds: history}, nil
+}
+
+// positiveInt parses a canonical positive decimal (no sign, no leading zeros).
+func positiveInt(s string) (int64, bool) {
+	n, err := strconv.ParseInt(s, 10, 64)
+	return n, err == nil && n > 0 && strconv.FormatInt(n, 10) == s
 }
 
 // decodeSegment decodes a non-empty canonical base64url segment. The
@@ -71,8 +86,12 @@ func decodeSegment(s string) (string, bool) {
 
 // FormatChannel is the inverse of ParseChannel.
 func FormatChannel(c Channel) string {
-	return "windows/" + b64.EncodeToString([]byte(c.Device)) + "/" + b64.EncodeToString([]byte(c.Metric)) +
+	p := "windows/" + b64.EncodeToString([]byte(c.Device)) + "/" + b64.EncodeToString([]byte(c.Metric)) +
 		"/" + strconv.FormatInt(c.WindowSeconds, 10) + "/" + strings.Join(c.Aggregates, ".")
+	if c.HistorySeconds > 0 {
+		p += "/" + strconv.FormatInt(c.HistorySeconds, 10)
+	}
+	return p
 }
 
 // SubscribeStream allows channels whose path parses; anything else does not exist.
@@ -97,8 +116,12 @@ const streamLimit = 10000
 
 // RunStream polls the stored windows of the channel every streamInterval over
 // the last max(10 windows, 5 minutes) and sends those whose (start, version)
-// it has not sent, as one frame per message. It stops when Grafana ends the
-// stream or disposes the instance; API errors are logged and retried.
+// it has not sent, as one frame per message. The first message covers the
+// channel's history when it is longer, and is sent even without windows so
+// the panel gets its fields. Later polls read only the short look-back: a
+// late reading re-emits a window within the allowed lateness, far inside it.
+// It stops when Grafana ends the stream or disposes the instance; API errors
+// are logged and retried.
 func (d *Datasource) RunStream(ctx context.Context, req *backend.RunStreamRequest, sender *backend.StreamSender) error {
 	ch, err := ParseChannel(req.Path)
 	if err != nil {
@@ -114,13 +137,21 @@ func (d *Datasource) RunStream(ctx context.Context, req *backend.RunStreamReques
 
 	size := time.Duration(ch.WindowSeconds) * time.Second
 	lookback := max(10*size, 5*time.Minute)
+	// One answer holds at most streamLimit windows, oldest first: a longer
+	// history would lose the newest.
+	history := min(max(lookback, time.Duration(ch.HistorySeconds)*time.Second), streamLimit*size)
+	first := true
 	tr := newWindowTracker()
 	tick := time.NewTicker(d.streamInterval)
 	defer tick.Stop()
 	var failing bool
 	for {
 		now := d.now()
-		ws, err := d.api.windows(ctx, ch.Device, ch.Metric, ch.WindowSeconds, now.Add(-lookback), now.Add(time.Hour), streamLimit)
+		back := lookback
+		if first {
+			back = history
+		}
+		ws, err := d.api.windows(ctx, ch.Device, ch.Metric, ch.WindowSeconds, now.Add(-back), now.Add(time.Hour), streamLimit)
 		switch {
 		case ctx.Err() != nil:
 			return nil
@@ -135,11 +166,12 @@ func (d *Datasource) RunStream(ctx context.Context, req *backend.RunStreamReques
 				d.logger.Info("stream poll recovered", "path", req.Path)
 			}
 			failing = false
-			if fresh := tr.fresh(ws, now.Add(-lookback)); len(fresh) > 0 {
+			if fresh := tr.fresh(ws, now.Add(-lookback)); len(fresh) > 0 || first {
 				if err := sender.SendFrame(windowsFrame(ch, fresh), data.IncludeAll); err != nil {
 					return fmt.Errorf("send stream frame: %w", err)
 				}
 			}
+			first = false
 		}
 		select {
 		case <-ctx.Done():

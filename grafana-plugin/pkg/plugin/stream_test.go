@@ -12,10 +12,11 @@ func TestChannelRoundTrip(t *testing.T) {
 		{Device: "sim-001", Metric: "temperature", WindowSeconds: 10, Aggregates: []string{"mean", "max"}},
 		{Device: "projects/p/locations/l/registries/r/devices/d?x=1", Metric: "ünïcode metric/with slash", WindowSeconds: 86400, Aggregates: []string{"count"}},
 		{Device: "a", Metric: "b", WindowSeconds: 1, Aggregates: []string{"sum", "min", "max", "mean", "count"}},
+		{Device: "sim-001", Metric: "temperature", WindowSeconds: 60, Aggregates: []string{"mean"}, HistorySeconds: 86400},
 	} {
 		p := FormatChannel(c)
-		if strings.Count(p, "/") != 4 {
-			t.Fatalf("%q: want exactly 5 segments", p)
+		if want := 4 + min(1, int(c.HistorySeconds)); strings.Count(p, "/") != want {
+			t.Fatalf("%q: want exactly %d slashes", p, want)
 		}
 		got, err := ParseChannel(p)
 		if err != nil {
@@ -38,6 +39,11 @@ func TestParseChannelRejects(t *testing.T) {
 		"windows",
 		"windows/c2ltLTAwMQ/dGVtcGVyYXR1cmU/10",
 		"windows/c2ltLTAwMQ/dGVtcGVyYXR1cmU/10/mean/extra",
+		"windows/c2ltLTAwMQ/dGVtcGVyYXR1cmU/10/mean/0",
+		"windows/c2ltLTAwMQ/dGVtcGVyYXR1cmU/10/mean/0600",
+		"windows/c2ltLTAwMQ/dGVtcGVyYXR1cmU/10/mean/-600",
+		"windows/c2ltLTAwMQ/dGVtcGVyYXR1cmU/10/mean/",
+		"windows/c2ltLTAwMQ/dGVtcGVyYXR1cmU/10/mean/600/1",
 		"series/c2ltLTAwMQ/dGVtcGVyYXR1cmU/10/mean",
 		"windows//dGVtcGVyYXR1cmU/10/mean",             // empty device
 		"windows/c2ltLTAwMQ==/dGVtcGVyYXR1cmU/10/mean", // padding
@@ -67,6 +73,7 @@ func FuzzParseChannel(f *testing.F) {
 	f.Add("windows/YQ/Yg/1/count")
 	f.Add("windows/c2ltLTAwMQ==/dGVtcGVyYXR1cmU/10/mean")
 	f.Add("windows/x/y/9223372036854775807/sum.min")
+	f.Add("windows/c2ltLTAwMQ/dGVtcGVyYXR1cmU/10/mean.max/3600")
 	f.Fuzz(func(t *testing.T, p string) {
 		c, err := ParseChannel(p)
 		if err != nil {
@@ -75,7 +82,7 @@ func FuzzParseChannel(f *testing.F) {
 		if got := FormatChannel(c); got != p {
 			t.Fatalf("%q parsed to %+v formats as %q", p, c, got)
 		}
-		if c.Device == "" || c.Metric == "" || c.WindowSeconds <= 0 || len(c.Aggregates) == 0 {
+		if c.Device == "" || c.Metric == "" || c.WindowSeconds <= 0 || len(c.Aggregates) == 0 || c.HistorySeconds < 0 {
 			t.Fatalf("%q: accepted incomplete %+v", p, c)
 		}
 		seen := map[string]bool{}
