@@ -197,8 +197,14 @@ func healthError(msg string) *backend.CheckHealthResult {
 
 func healthMessage(err error) string {
 	var ae *APIError
-	if errors.As(err, &ae) && (ae.Status == http.StatusUnauthorized || ae.Status == http.StatusForbidden) {
-		return "token rejected by the iotpipe API"
+	if errors.As(err, &ae) {
+		switch {
+		case ae.Status == http.StatusUnauthorized || ae.Status == http.StatusForbidden:
+			return "token rejected by the iotpipe API"
+		case ae.Status == http.StatusNotFound && strings.HasSuffix(ae.URL, "/api/v1/info"):
+			// A URL that is not iotpipe's API root, or an iotpipe from before the plugin.
+			return err.Error() + " (is the URL the iotpipe API root, e.g. http://iotpipe:8080, and iotpipe recent enough to serve /api/v1/info?)"
+		}
 	}
 	return err.Error()
 }
@@ -220,6 +226,11 @@ func errorResponse(err error) backend.DataResponse {
 		// users see the API's message.
 		prefix := strings.TrimSuffix(msg, ae.Error())
 		msg = prefix + ae.Message
+		if ae.Code == "" {
+			// Not an iotpipe error body (a proxy, or a URL that is not the
+			// API root): the URL is the useful part.
+			msg = prefix + ae.Error()
+		}
 		switch {
 		case ae.Status == http.StatusUnauthorized:
 			status, msg = backend.StatusUnauthorized, "token rejected by the iotpipe API: "+ae.Message

@@ -433,6 +433,8 @@ func TestHealthAndBadSettings(t *testing.T) {
 			backend.StatusUnauthorized, "token rejected by the iotpipe API"},
 		{"unreachable", dsSettings("down", down, f.p.readToken), "iotpipe API unreachable at " + down + "/api/v1/info",
 			backend.StatusBadGateway, "iotpipe API unreachable at " + down},
+		{"not the API root", dsSettings("wrong-path", f.p.url+"/grafana", f.p.readToken), "is the URL the iotpipe API root",
+			backend.StatusNotFound, "reading window sizes: iotpipe API " + f.p.url + "/grafana/api/v1/info answered 404"},
 		{"no url", dsSettings("no-url", "", f.p.readToken), "invalid settings: the iotpipe API URL",
 			backend.StatusBadRequest, "invalid datasource settings"},
 		{"no token", dsSettings("no-token", f.p.url, ""), "invalid settings: the API token is not set",
