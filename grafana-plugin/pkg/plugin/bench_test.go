@@ -4,9 +4,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
+	"net/http"
 	"os"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -56,8 +58,61 @@ func envDuration(b *testing.B, name string, def time.Duration) time.Duration {
 	return def
 }
 
+// externalBench uses a running iotpipe instead of publishing data:
+// IOTPIPE_BENCH_API_URL and IOTPIPE_BENCH_TOKEN (a read token), for example
+// one filled by `iotpipe simulate --devices 1000 --backfill 720h`. The 30
+// days end at IOTPIPE_BENCH_TO (RFC 3339; default: now).
+func externalBench(b *testing.B) *benchFixture {
+	url, token := os.Getenv("IOTPIPE_BENCH_API_URL"), os.Getenv("IOTPIPE_BENCH_TOKEN")
+	if url == "" {
+		return nil
+	}
+	buildBinaries(b)
+	pp, err := startPlugin(b)
+	if err != nil {
+		b.Fatal(err)
+	}
+	f := &benchFixture{pp: pp, ds: dsSettings("iotpipe-bench", url, token), to: time.Now().UTC()}
+	if v := os.Getenv("IOTPIPE_BENCH_TO"); v != "" {
+		if f.to, err = time.Parse(time.RFC3339, v); err != nil {
+			b.Fatalf("IOTPIPE_BENCH_TO: %v", err)
+		}
+	}
+	f.from = f.to.Add(-30 * 24 * time.Hour)
+	req, _ := http.NewRequest(http.MethodGet, strings.TrimSuffix(url, "/")+"/api/v1/devices", nil)
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var list struct {
+		Devices []struct {
+			ID string `json:"id"`
+		} `json:"devices"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&list); err != nil || resp.StatusCode != http.StatusOK {
+		b.Fatalf("list devices at %s: %d %v", url, resp.StatusCode, err)
+	}
+	for _, d := range list.Devices {
+		f.devices = append(f.devices, d.ID)
+	}
+	if len(f.devices) == 0 {
+		b.Fatalf("no devices at %s", url)
+	}
+	b.Logf("bench data: the running iotpipe at %s, %d devices, 30 days to %s", url, len(f.devices), f.to.Format(time.RFC3339))
+	return f
+}
+
 func getBench(b *testing.B) *benchFixture {
 	b.Helper()
+	if benchFx != nil {
+		return benchFx
+	}
+	if f := externalBench(b); f != nil {
+		benchFx = f
+		return f
+	}
 	requireChDB(b)
 	buildBinaries(b)
 	benchOnce.Do(func() {
