@@ -49,12 +49,10 @@ func (s *Server) series(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "bad_request", err.Error())
 		return
 	}
-	var want time.Duration
-	if v := q.Get("window"); v != "" {
-		if want, err = parseDuration("window", v); err != nil {
-			writeError(w, http.StatusBadRequest, "bad_request", err.Error())
-			return
-		}
+	want, err := windowParam(q)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, "bad_request", err.Error())
+		return
 	}
 	size, err := s.cfg.Store.WindowSize(step, want)
 	if err != nil {
@@ -118,12 +116,10 @@ func (s *Server) summary(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "bad_request", err.Error())
 		return
 	}
-	var size time.Duration
-	if v := q.Get("window"); v != "" {
-		if size, err = parseDuration("window", v); err != nil {
-			writeError(w, http.StatusBadRequest, "bad_request", err.Error())
-			return
-		}
+	size, err := windowParam(q)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, "bad_request", err.Error())
+		return
 	}
 	vals, err := s.cfg.Store.Summary(r.Context(), storage.SummaryQuery{
 		Metric: metric, Aggregate: agg, From: from, To: to, Devices: q["device"], WindowSize: size,
@@ -183,6 +179,16 @@ func (s *Server) stepParam(v string, from, to time.Time) (time.Duration, error) 
 		return n * finest, nil
 	}
 	return parseDuration("step", v)
+}
+
+// windowParam reads the optional "window" parameter: a stored window size
+// to read (0 when absent).
+func windowParam(q url.Values) (time.Duration, error) {
+	v := q.Get("window")
+	if v == "" {
+		return 0, nil
+	}
+	return parseDuration("window", v)
 }
 
 // parseDuration reads "1m", "90s" or plain seconds ("120"); it must be

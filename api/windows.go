@@ -96,12 +96,10 @@ func (s *Server) windows(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "bad_request", "to: "+err.Error())
 		return
 	}
-	var size time.Duration
-	if v := q.Get("window"); v != "" {
-		if size, err = parseDuration("window", v); err != nil {
-			writeError(w, http.StatusBadRequest, "bad_request", err.Error())
-			return
-		}
+	size, err := windowParam(q)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, "bad_request", err.Error())
+		return
 	}
 	limit := maxWindows
 	if v := q.Get("limit"); v != "" {
