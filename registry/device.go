@@ -37,10 +37,10 @@ type Spec struct {
 	Labels map[string]string
 }
 
-// CredentialType says how a credential proves the device's identity. Only
-// tokens exist today; public keys (RS256/ES256 JWT) and X.509 certificates
-// (issue #4) add types, and a follower that does not know a type ignores that
-// credential, so an old instance fails closed instead of accepting it.
+// CredentialType says how a credential proves the device's identity: an
+// access token or a public key for JWTs (see credentials.go). X.509 client
+// certificates will add types; a follower that does not know a type ignores
+// that credential, so an old instance fails closed instead of accepting it.
 type CredentialType string
 
 // CredentialToken is a random access token, stored only as its SHA-256.
@@ -56,6 +56,9 @@ type Credential struct {
 	// TokenSHA256 is the SHA-256 of the token (type token). The token
 	// itself is never stored, logged or written to Kafka.
 	TokenSHA256 []byte `json:"token_sha256,omitempty"`
+	// PublicKey is the PEM text of a public-key credential (RSA_PEM,
+	// ES256_PEM, ...): public, so stored as given.
+	PublicKey string `json:"public_key,omitempty"`
 }
 
 // MaxCredentials is how many credentials one device may hold (as in Cloud IoT Core).

@@ -11,4 +11,9 @@ var (
 	ErrInvalidLabels  = errors.New("invalid device name or labels")
 	ErrBadCredentials = errors.New("bad credentials")
 	ErrBlocked        = errors.New("device is blocked")
+	// ErrInvalidCredential is a public key the registry refuses to add (bad
+	// type, PEM, key size or curve, or an expiry in the past).
+	ErrInvalidCredential = errors.New("invalid credential")
+	// ErrTooManyCredentials: the device already holds MaxCredentials.
+	ErrTooManyCredentials = errors.New("too many credentials")
 )

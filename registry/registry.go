@@ -39,12 +39,14 @@ package registry
 
 import (
 	"context"
+	"crypto"
 	"errors"
 	"fmt"
 	"maps"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -69,6 +71,12 @@ type Config struct {
 	// Now is the clock for record timestamps and credential expiry;
 	// nil means time.Now.
 	Now func() time.Time
+	// JWTAudience is the project id a device JWT's aud must equal. Empty
+	// refuses every JWT (tokens still work).
+	JWTAudience string
+	// ClockSkew is how far a JWT's iat may lie ahead and its exp behind;
+	// zero means DefaultClockSkew.
+	ClockSkew time.Duration
 }
 
 // startTimeout bounds the work New does against Kafka (ping, topic
@@ -91,12 +99,18 @@ type Registry struct {
 	devices map[string]*entry
 	applied int64         // offset after the last applied record
 	changed chan struct{} // closed and replaced whenever applied advances
+
+	noAudLogged atomic.Int64 // unix second of the last "no JWT audience" log line
 }
 
 // entry is an applied device plus the offset of the record it came from.
 type entry struct {
 	dev    Device
 	offset int64
+	// keys[i] is the parsed public key of dev.Credentials[i], nil for a
+	// token or a type this binary does not know: parsed once on apply so a
+	// reconnecting fleet does not parse PEM on every CONNECT.
+	keys []crypto.PublicKey
 }
 
 // New validates cfg, connects to Kafka, makes sure the topic exists with a
@@ -111,6 +125,12 @@ func New(cfg Config) (*Registry, error) {
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
+	}
+	if cfg.ClockSkew == 0 {
+		cfg.ClockSkew = DefaultClockSkew
+	}
+	if cfg.ClockSkew < 0 {
+		return nil, errors.New("registry: Config.ClockSkew must not be negative")
 	}
 	log := cfg.Logger.With().Str("component", "registry").Str("topic", cfg.Topic).Logger()
 
@@ -225,6 +245,7 @@ func (r *Registry) Run(ctx context.Context) error {
 func (r *Registry) apply(rec *kgo.Record) {
 	id := string(rec.Key)
 	var dev *Device
+	var keys []crypto.PublicKey
 	if rec.Value != nil {
 		d, err := decodeRecord(rec.Value)
 		switch {
@@ -237,6 +258,7 @@ func (r *Registry) apply(rec *kgo.Record) {
 				r.log.Warn().Int("version", d.Version).Int64("offset", rec.Offset).Str("device", id).Msg("registry record is newer than this binary; unknown fields ignored")
 			}
 			dev = &d.Device
+			keys = r.parseKeys(dev, rec.Offset)
 		}
 	}
 
@@ -246,13 +268,35 @@ func (r *Registry) apply(rec *kgo.Record) {
 	case rec.Value == nil:
 		delete(r.devices, id)
 	case dev != nil:
-		r.devices[id] = &entry{dev: *dev, offset: rec.Offset}
+		r.devices[id] = &entry{dev: *dev, offset: rec.Offset, keys: keys}
 	}
 	if rec.Offset+1 > r.applied {
 		r.applied = rec.Offset + 1
 		close(r.changed)
 		r.changed = make(chan struct{})
 	}
+}
+
+// parseKeys parses the device's public keys. A key that does not parse
+// (AddCredential validates, so only a hand-made record) is logged and
+// ignored: that credential cannot authenticate, the others still can.
+func (r *Registry) parseKeys(d *Device, offset int64) []crypto.PublicKey {
+	var keys []crypto.PublicKey
+	for i, c := range d.Credentials {
+		if c.Type.jwtAlg() == "" {
+			continue
+		}
+		k, err := parsePublicKey(c.Type, c.PublicKey)
+		if err != nil {
+			r.log.Error().Err(err).Int64("offset", offset).Str("device", d.ID).Int("credential", i).Msg("ignoring unusable public key")
+			continue
+		}
+		if keys == nil {
+			keys = make([]crypto.PublicKey, len(d.Credentials))
+		}
+		keys[i] = k
+	}
+	return keys
 }
 
 // waitApplied blocks until the follower applied every record before offset
@@ -313,27 +357,62 @@ func (r *Registry) List() []Device {
 	return out
 }
 
-// Authenticate checks a device's password (an access token) and returns nil,
-// ErrNotFound, ErrBadCredentials, or ErrBlocked. Blocked is only reported to
-// a caller who proved the credentials, so it tells a stranger nothing.
+// Authenticate checks a device's password and returns nil, ErrNotFound,
+// ErrBadCredentials, or ErrBlocked. See AuthenticateSession.
 func (r *Registry) Authenticate(deviceID string, password []byte) error {
+	_, err := r.AuthenticateSession(deviceID, password)
+	return err
+}
+
+// AuthenticateSession checks a device's password, an access token or a JWT
+// signed by one of its public keys (Cloud IoT Core's rules, see verifyJWT),
+// and returns when the session must end: zero for a token, for a JWT its exp
+// plus the clock skew (or the credential's expiry if sooner). Errors are
+// ErrNotFound, ErrBadCredentials, or ErrBlocked; blocked is only reported to
+// a caller who proved the credentials, so it tells a stranger nothing.
+func (r *Registry) AuthenticateSession(deviceID string, password []byte) (time.Time, error) {
 	r.mu.RLock()
 	e, ok := r.devices[deviceID]
 	var dev Device
+	var keys []crypto.PublicKey
 	if ok {
-		dev = e.dev // read-only below; no clone needed on this hot path
+		dev, keys = e.dev, e.keys // read-only below; no clone needed on this hot path
 	}
 	r.mu.RUnlock()
 	if !ok {
-		return fmt.Errorf("%w: %s", ErrNotFound, deviceID)
+		return time.Time{}, fmt.Errorf("%w: %s", ErrNotFound, deviceID)
 	}
-	if !dev.checkToken(password, r.now()) {
-		return fmt.Errorf("%w: device %s", ErrBadCredentials, deviceID)
+	now := r.now()
+	var until time.Time
+	switch {
+	case !isJWT(password):
+		if !dev.checkToken(password, now) {
+			return time.Time{}, fmt.Errorf("%w: device %s", ErrBadCredentials, deviceID)
+		}
+	case r.cfg.JWTAudience == "":
+		r.logNoAudience()
+		return time.Time{}, fmt.Errorf("%w: device %s: JWT refused, no JWT audience (project id) configured", ErrBadCredentials, deviceID)
+	default:
+		var err error
+		if until, err = verifyJWT(password, &dev, keys, r.cfg.JWTAudience, now, r.cfg.ClockSkew); err != nil {
+			return time.Time{}, err
+		}
 	}
 	if dev.Blocked {
-		return fmt.Errorf("%w: %s", ErrBlocked, deviceID)
+		return time.Time{}, fmt.Errorf("%w: %s", ErrBlocked, deviceID)
 	}
-	return nil
+	return until, nil
+}
+
+// logNoAudience says why JWTs fail, at most once a minute so a fleet
+// retrying cannot flood the log.
+func (r *Registry) logNoAudience() {
+	now := time.Now().Unix()
+	last := r.noAudLogged.Load()
+	if now-last < 60 || !r.noAudLogged.CompareAndSwap(last, now) {
+		return
+	}
+	r.log.Warn().Msg("refusing JWT passwords: no JWT audience configured (set --jwt-audience / IOTPIPE_JWT_AUDIENCE to the project id)")
 }
 
 // Create registers a device with one new access token and returns the device
@@ -399,7 +478,7 @@ func (r *Registry) Delete(ctx context.Context, id string) error {
 // SetBlocked blocks or unblocks a device: a blocked device fails
 // Authenticate with ErrBlocked even with valid credentials.
 func (r *Registry) SetBlocked(ctx context.Context, id string, blocked bool) error {
-	return r.update(ctx, id, func(d *Device) { d.Blocked = blocked })
+	return r.update(ctx, id, func(d *Device) bool { d.Blocked = blocked; return true })
 }
 
 // SetMetadata replaces a device's name and labels (nil labels: none).
@@ -414,19 +493,22 @@ func (r *Registry) SetMetadata(ctx context.Context, id, name string, labels map[
 	if len(labels) == 0 {
 		labels = nil
 	}
-	return r.update(ctx, id, func(d *Device) { d.Name, d.Labels = name, labels })
+	return r.update(ctx, id, func(d *Device) bool { d.Name, d.Labels = name, labels; return true })
 }
 
 // update applies fn to the current device and writes the result. It is a
 // read-modify-write against this instance's applied state: concurrent
 // updates of one device through different instances can lose one of them
 // (last write wins), which is acceptable for admin actions.
-func (r *Registry) update(ctx context.Context, id string, fn func(*Device)) error {
+// fn returns false to write nothing.
+func (r *Registry) update(ctx context.Context, id string, fn func(*Device) bool) error {
 	dev, err := r.Get(id)
 	if err != nil {
 		return err
 	}
-	fn(&dev)
+	if !fn(&dev) {
+		return nil
+	}
 	dev.UpdatedAt = r.now().UTC()
 	_, err = r.write(ctx, id, &dev)
 	return err
