@@ -26,18 +26,34 @@ import (
 // mochi sends nothing, so the decision is taken there and the hook writes the
 // CONNACK with the deliberate code itself. OnConnectAuthenticate then only
 // admits what OnConnect let through.
+//
+// A session opened with a JWT ends when the JWT does (Cloud IoT Core did the
+// same): a timer per such client closes it, with DISCONNECT 0xA0 "maximum
+// connect time" for MQTT 5 (the code the spec has for a connection that
+// outlived what it was authorised for; 0x8C would claim an AUTH method was
+// wrong) and by closing the socket for 3.1.1, which has no server DISCONNECT.
 type authHook struct {
 	mqtt.HookBase
 	auth     Authenticator
 	m        *metrics
 	draining func() bool
 	log      zerolog.Logger
+
+	mu     sync.Mutex
+	expiry map[*mqtt.Client]*time.Timer // clients whose credentials expire
+}
+
+// SessionAuthenticator is an Authenticator that also says until when the
+// session it admits may last (zero: no limit), as *registry.Registry does
+// for JWTs. The broker uses it when Auth implements it.
+type SessionAuthenticator interface {
+	AuthenticateSession(deviceID string, password []byte) (until time.Time, err error)
 }
 
 func (h *authHook) ID() string { return "iotpipe-auth" }
 
 func (h *authHook) Provides(b byte) bool {
-	return bytes.Contains([]byte{mqtt.OnConnect, mqtt.OnConnectAuthenticate}, []byte{b})
+	return bytes.Contains([]byte{mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnDisconnect}, []byte{b})
 }
 
 // refusal is one CONNACK answer: the v5 reason code and the v3 return code.
@@ -57,8 +73,11 @@ var (
 )
 
 func (h *authHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
-	r, ok := h.decide(pk)
+	r, until, ok := h.decide(pk)
 	if ok {
+		if !until.IsZero() {
+			h.expireAt(cl, until)
+		}
 		return nil
 	}
 	h.m.connectRefused.WithLabelValues(r.reason).Inc()
@@ -72,31 +91,72 @@ func (h *authHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	return r.v5
 }
 
-func (h *authHook) decide(pk packets.Packet) (refusal, bool) {
+// decide authenticates a CONNECT; until is when the session must end (zero:
+// never).
+func (h *authHook) decide(pk packets.Packet) (r refusal, until time.Time, ok bool) {
 	if h.draining() {
-		return refuseUnavailable, false
+		return refuseUnavailable, until, false
 	}
 	dev, err := deviceFromClientID(pk.Connect.ClientIdentifier)
 	if err != nil {
-		return refuseClientID, false
+		return refuseClientID, until, false
 	}
 	if !pk.Connect.PasswordFlag || len(pk.Connect.Password) == 0 {
-		return refuseNoPassword, false
+		return refuseNoPassword, until, false
 	}
-	switch err := h.auth.Authenticate(dev, pk.Connect.Password); {
+	if sa, isSA := h.auth.(SessionAuthenticator); isSA {
+		until, err = sa.AuthenticateSession(dev, pk.Connect.Password)
+	} else {
+		err = h.auth.Authenticate(dev, pk.Connect.Password)
+	}
+	switch {
 	case err == nil:
-		return refusal{}, true
+		return refusal{}, until, true
 	case errors.Is(err, registry.ErrNotFound):
-		return refuseUnknown, false
+		return refuseUnknown, until, false
 	case errors.Is(err, registry.ErrBadCredentials):
-		return refuseCredentials, false
+		// The reason (wrong key, aud, expired...) is for the operator; the
+		// error never holds the password.
+		h.log.Debug().Err(err).Msg("bad credentials")
+		return refuseCredentials, until, false
 	case errors.Is(err, registry.ErrBlocked):
-		return refuseBlocked, false
+		return refuseBlocked, until, false
 	case errors.Is(err, registry.ErrInvalidID):
-		return refuseClientID, false
+		return refuseClientID, until, false
 	default: // the registry itself failed: say so rather than blame the device
 		h.log.Warn().Err(err).Str("device", dev).Msg("authenticate")
-		return refuseUnavailable, false
+		return refuseUnavailable, until, false
+	}
+}
+
+// expireAt closes cl's connection at until. OnDisconnect stops the timer
+// when the connection ends first.
+func (h *authHook) expireAt(cl *mqtt.Client, until time.Time) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.expiry == nil {
+		h.expiry = map[*mqtt.Client]*time.Timer{}
+	}
+	h.expiry[cl] = time.AfterFunc(time.Until(until), func() {
+		h.mu.Lock()
+		delete(h.expiry, cl)
+		h.mu.Unlock()
+		h.log.Info().Str("client", cl.ID).Msg("credentials expired; closing connection")
+		if cl.Properties.ProtocolVersion == 5 {
+			_ = cl.WritePacket(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Disconnect},
+				ReasonCode: packets.ErrMaxConnectTime.Code,
+				Properties: packets.Properties{ReasonString: "credentials expired"}})
+		}
+		cl.Stop(packets.ErrMaxConnectTime)
+	})
+}
+
+func (h *authHook) OnDisconnect(cl *mqtt.Client, _ error, _ bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if t, ok := h.expiry[cl]; ok {
+		t.Stop()
+		delete(h.expiry, cl)
 	}
 }
 
