@@ -28,6 +28,13 @@ const (
 	DefaultMaxInflightPerClient = 64
 	DefaultMaxPayloadBytes      = 256 << 10
 	DefaultDrainTimeout         = 35 * time.Second // a little above ingest's default delivery timeout
+
+	// Per-connection memory. An idle device costs the broker its read
+	// buffer, mochi's outbound queue, two goroutine stacks (read loop and
+	// write loop) and the socket; at fleet scale the buffers and the queue
+	// are what we choose. See docs/benchmarks.md, "Broker connections".
+	DefaultClientReadBufferBytes = 1 << 10
+	DefaultClientWritesPending   = 64
 )
 
 // Config configures a Broker.
@@ -44,6 +51,20 @@ type Config struct {
 	// DrainTimeout bounds how long Run waits at shutdown for in-flight
 	// messages to be answered.
 	DrainTimeout time.Duration `yaml:"drain_timeout"`
+	// ClientReadBufferBytes is each connection's read buffer, allocated for
+	// as long as the connection lives. A packet larger than the buffer is
+	// read straight into its own slice, so this bounds nothing; it only
+	// sets how many small packets one read syscall can bring in.
+	ClientReadBufferBytes int `yaml:"client_read_buffer_bytes"`
+	// ClientWritesPending is the capacity of mochi's per-connection
+	// outbound queue (downlink: config, commands), allocated at connect.
+	// When it is full mochi drops further downlink messages to that client.
+	// PUBACKs do not use it: the forwarder writes them directly.
+	ClientWritesPending int `yaml:"client_writes_pending"`
+
+	// mochiOptions, if set, edits mochi's options last (tests: mochi's own
+	// defaults as a benchmark baseline).
+	mochiOptions func(*mqtt.Options)
 
 	Logger  zerolog.Logger        `yaml:"-"`
 	Metrics prometheus.Registerer `yaml:"-"`
@@ -81,6 +102,12 @@ func New(cfg Config) (*Broker, error) {
 	if cfg.DrainTimeout == 0 {
 		cfg.DrainTimeout = DefaultDrainTimeout
 	}
+	if cfg.ClientReadBufferBytes == 0 {
+		cfg.ClientReadBufferBytes = DefaultClientReadBufferBytes
+	}
+	if cfg.ClientWritesPending == 0 {
+		cfg.ClientWritesPending = DefaultClientWritesPending
+	}
 	if cfg.MaxInflightPerClient < 1 || cfg.MaxInflightPerClient > 65535 {
 		return nil, fmt.Errorf("broker: MaxInflightPerClient %d not in 1..65535", cfg.MaxInflightPerClient)
 	}
@@ -90,26 +117,42 @@ func New(cfg Config) (*Broker, error) {
 	if cfg.DrainTimeout < 0 {
 		return nil, errors.New("broker: DrainTimeout must not be negative")
 	}
+	if cfg.ClientReadBufferBytes < 64 || cfg.ClientReadBufferBytes > 1<<20 {
+		return nil, fmt.Errorf("broker: ClientReadBufferBytes %d not in 64..%d", cfg.ClientReadBufferBytes, 1<<20)
+	}
+	if cfg.ClientWritesPending < 1 || cfg.ClientWritesPending > 1<<16 {
+		return nil, fmt.Errorf("broker: ClientWritesPending %d not in 1..%d", cfg.ClientWritesPending, 1<<16)
+	}
 	log := cfg.Logger.With().Str("component", "broker").Logger()
 
 	caps := mqtt.NewDefaultServerCapabilities()
 	caps.MaximumQos = 1 // QoS 2 is refused, see package doc
 	caps.MaximumPacketSize = uint32(cfg.MaxPayloadBytes + headroom)
 	caps.ReceiveMaximum = uint16(cfg.MaxInflightPerClient)
-	caps.MaximumInflight = 256               // server→device QoS 1 (config/commands) per client
-	caps.MaximumClientWritesPending = 64     // per-client outbound channel; downlink is rare (default 8192 = 64 KiB of pointers each)
+	caps.MaximumInflight = 256 // server→device QoS 1 (config/commands) per client
+	// mochi makes each connection's outbound channel with this capacity at
+	// connect: its default 8192 is 64 KiB of pointers per device.
+	caps.MaximumClientWritesPending = int32(cfg.ClientWritesPending)
 	caps.MaximumSessionExpiryInterval = 3600 // do not keep abandoned v5 sessions forever
 	caps.SharedSubAvailable = 0
 	caps.Compatibilities.ObscureNotAuthorized = false
-	srv := mqtt.New(&mqtt.Options{
+	opts := &mqtt.Options{
 		Capabilities: caps,
-		// 4 KiB read / 2 KiB write buffers per connection: telemetry packets are
-		// small, and larger payloads are read through the buffer anyway.
-		ClientNetReadBufferSize:  4 << 10,
+		// The read buffer is allocated per connection for its whole life;
+		// telemetry packets are small and larger ones bypass it (see
+		// ClientReadBufferBytes).
+		ClientNetReadBufferSize: cfg.ClientReadBufferBytes,
+		// Not memory per idle device: mochi allocates its write buffer only
+		// while writes queue up and frees it after the flush. It is the
+		// batch size for queued PUBACKs, so it stays at mochi's 2 KiB.
 		ClientNetWriteBufferSize: 2 << 10,
 		Logger:                   slog.New(zerolog.NewSlogHandler(log.With().Str("source", "mochi").Logger())),
 		SysTopicResendInterval:   3600, // nobody may read $SYS anyway (ACL)
-	})
+	}
+	if cfg.mochiOptions != nil {
+		cfg.mochiOptions(opts)
+	}
+	srv := mqtt.New(opts)
 
 	m := newMetrics(cfg.Metrics, srv)
 	fwd := newForwardHook(srv, cfg.Forwarder, cfg.MaxInflightPerClient, cfg.MaxPayloadBytes, m, log)

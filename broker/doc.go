@@ -62,9 +62,13 @@
 //
 // # Memory per connection
 //
-// 4 KiB read buffer, 2 KiB write buffer, an outbound queue of 64 packets
-// (mochi's default of 8192 costs 64 KiB per client), at most 256 server→device
-// QoS 1 messages, MaxInflightPerClient forwarded messages.
+// An idle device costs about 26 KiB resident (34 KiB after a reconnect wave;
+// docs/benchmarks.md): two goroutine stacks (mochi's read and write loops,
+// about 20 KiB together), a 1 KiB read buffer (ClientReadBufferBytes), an
+// outbound queue of 64 packets (ClientWritesPending; mochi's default of 8192
+// is 64 KiB per client) and the connection. The 2 KiB write buffer exists
+// only while writes queue up. A publishing device adds its forwarder queue of
+// MaxInflightPerClient messages; at most 256 server→device QoS 1 messages.
 //
 // # Shutdown
 //
