@@ -170,6 +170,20 @@ func (c *Client) DeleteDevice(ctx context.Context, id string) error {
 	return c.do(ctx, http.MethodDelete, "/api/v1/devices/"+url.PathEscape(id), nil, nil, nil)
 }
 
+// AddCredential adds a public key for JWT authentication to a device and
+// returns the device.
+func (c *Client) AddCredential(ctx context.Context, id string, cr NewCredential) (Device, error) {
+	var out Device
+	err := c.do(ctx, http.MethodPost, "/api/v1/devices/"+url.PathEscape(id)+"/credentials", nil, cr, &out)
+	return out, err
+}
+
+// RemoveCredential removes a device's credential by its index in
+// Device.Credentials.
+func (c *Client) RemoveCredential(ctx context.Context, id string, index int) error {
+	return c.do(ctx, http.MethodDelete, "/api/v1/devices/"+url.PathEscape(id)+"/credentials/"+strconv.Itoa(index), nil, nil, nil)
+}
+
 // SeriesParams selects a series; empty fields take the server defaults.
 type SeriesParams struct {
 	Device, Metric, Aggregate string

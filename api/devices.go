@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
@@ -18,6 +19,16 @@ type Device struct {
 	Blocked   bool              `json:"blocked"`
 	CreatedAt time.Time         `json:"created_at"`
 	UpdatedAt time.Time         `json:"updated_at"`
+	// Credentials in registry order: the index is what
+	// DELETE /api/v1/devices/{id}/credentials/{index} takes.
+	Credentials []Credential `json:"credentials"`
+}
+
+// Credential describes one credential of a device, never its secret or key.
+type Credential struct {
+	Type      string    `json:"type"`
+	CreatedAt time.Time `json:"created_at"`
+	ExpiresAt time.Time `json:"expires_at,omitzero"`
 }
 
 func toDeviceJSON(d registry.Device) Device {
@@ -25,7 +36,55 @@ func toDeviceJSON(d registry.Device) Device {
 	if labels == nil {
 		labels = map[string]string{} // always an object, so clients need no null check
 	}
-	return Device{ID: d.ID, Name: d.Name, Labels: labels, Blocked: d.Blocked, CreatedAt: d.CreatedAt, UpdatedAt: d.UpdatedAt}
+	creds := make([]Credential, len(d.Credentials))
+	for i, c := range d.Credentials {
+		creds[i] = Credential{Type: string(c.Type), CreatedAt: c.CreatedAt, ExpiresAt: c.ExpiresAt}
+	}
+	return Device{ID: d.ID, Name: d.Name, Labels: labels, Blocked: d.Blocked, CreatedAt: d.CreatedAt, UpdatedAt: d.UpdatedAt,
+		Credentials: creds}
+}
+
+// NewCredential is the body of POST /api/v1/devices/{id}/credentials: a
+// public key for JWT authentication, typed as in Cloud IoT Core.
+type NewCredential struct {
+	Type      string     `json:"type"`       // RSA_PEM, RSA_X509_PEM, ES256_PEM or ES256_X509_PEM
+	PublicKey string     `json:"public_key"` // PEM text
+	ExpiresAt *time.Time `json:"expires_at,omitempty"`
+}
+
+func (s *Server) addCredential(w http.ResponseWriter, r *http.Request) {
+	var req NewCredential
+	if !decodeBody(w, r, &req, `{"type": "ES256_PEM", "public_key": "-----BEGIN PUBLIC KEY-----...", "expires_at": "RFC 3339, optional"}`) {
+		return
+	}
+	id := r.PathValue("id")
+	spec := registry.CredentialSpec{Type: registry.CredentialType(req.Type), PEM: req.PublicKey}
+	if req.ExpiresAt != nil {
+		spec.ExpiresAt = *req.ExpiresAt
+	}
+	if err := s.cfg.Registry.AddCredential(r.Context(), id, spec); err != nil {
+		s.registryError(w, err)
+		return
+	}
+	d, err := s.cfg.Registry.Get(id)
+	if err != nil {
+		s.registryError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusCreated, toDeviceJSON(d))
+}
+
+func (s *Server) removeCredential(w http.ResponseWriter, r *http.Request) {
+	index, err := strconv.Atoi(r.PathValue("index"))
+	if err != nil || index < 0 {
+		writeError(w, http.StatusBadRequest, "bad_request", "credential index must be a number from 0")
+		return
+	}
+	if err := s.cfg.Registry.RemoveCredential(r.Context(), r.PathValue("id"), index); err != nil {
+		s.registryError(w, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
 }
 
 // NewDevice is the body of POST /api/v1/devices.
@@ -144,6 +203,10 @@ func (s *Server) registryError(w http.ResponseWriter, err error) {
 		writeError(w, http.StatusBadRequest, "invalid_id", err.Error())
 	case errors.Is(err, registry.ErrInvalidLabels):
 		writeError(w, http.StatusBadRequest, "invalid_labels", err.Error())
+	case errors.Is(err, registry.ErrInvalidCredential):
+		writeError(w, http.StatusBadRequest, "invalid_credential", err.Error())
+	case errors.Is(err, registry.ErrTooManyCredentials):
+		writeError(w, http.StatusBadRequest, "too_many_credentials", err.Error())
 	case errors.Is(err, registry.ErrNotFound):
 		writeError(w, http.StatusNotFound, "not_found", err.Error())
 	case errors.Is(err, registry.ErrExists):

@@ -56,8 +56,11 @@ func runDevices(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	fs.Func("name", "create, set: display name of the device", func(v string) error { name, nameSet = v, true; return nil })
 	fs.Func("labels", "create, set: labels key=value,key2=value2 (set replaces all labels); list: show only devices matching them",
 		func(v string) error { labels, labelsSet = v, true; return nil })
+	var cred credentialFlags
+	cred.add(fs)
 	fs.Usage = func() {
-		fmt.Fprintln(stderr, "Usage: iotpipe devices create ID | list | get ID | set ID | delete ID [flags]")
+		fmt.Fprintln(stderr, "Usage: iotpipe devices create ID | list | get ID | set ID | delete ID |\n"+
+			"       credentials add ID --type T --public-key-file F [--expires RFC3339] | credentials remove ID INDEX [flags]")
 		fs.PrintDefaults()
 	}
 	// Flags may come before or after the verb and id.
@@ -163,6 +166,14 @@ func runDevices(ctx context.Context, args []string, stdout, stderr io.Writer) er
 			return err
 		}
 		return printJSON(stdout, d)
+	case "credentials":
+		if err := cred.run(ctx, cl, pos[1:], stdout); err != nil {
+			if errors.Is(err, errUsage) {
+				fs.Usage()
+			}
+			return err
+		}
+		return nil
 	case "delete":
 		id, err := needID()
 		if err != nil {

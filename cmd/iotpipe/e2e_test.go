@@ -112,7 +112,7 @@ func waitAll(t *testing.T, cl *api.Client, rs []reading, from, to time.Time) {
 
 func TestEndToEnd(t *testing.T) {
 	p := newPipeline(t)
-	p.start()
+	p.start("--jwt-audience", e2eJWTAudience)
 	devices := []string{"thermo-1", "thermo-2", "thermo-3"}
 	tokens := map[string]string{}
 	for _, d := range devices {
@@ -167,6 +167,7 @@ func TestEndToEnd(t *testing.T) {
 
 	checkDeviceMetadataCLI(t, p)
 	checkReadToken(t, p)
+	checkJWTCLI(t, p)
 }
 
 // checkDeviceMetadataCLI: names and labels through `iotpipe devices`, and

@@ -42,6 +42,7 @@ type options struct {
 	mqttAddr    string
 	maxPayload  int
 	maxInflight int
+	jwtAudience string
 
 	httpAddr   string
 	adminToken string
@@ -94,6 +95,7 @@ func (o *options) addBroker(fs *flag.FlagSet) {
 	fs.StringVar(&o.mqttAddr, "mqtt-addr", ":1883", "MQTT TCP listen address")
 	fs.IntVar(&o.maxPayload, "max-payload", 256<<10, "largest accepted MQTT packet in bytes; larger ones disconnect the client")
 	fs.IntVar(&o.maxInflight, "max-inflight", 256, "QoS 1 messages per connection awaiting Kafka before the broker stops reading from it")
+	fs.StringVar(&o.jwtAudience, "jwt-audience", "", "project id a device JWT's aud must equal (Cloud IoT Core's project id); empty refuses JWT passwords")
 }
 
 func (o *options) addAPI(fs *flag.FlagSet) {

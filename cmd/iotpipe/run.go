@@ -139,7 +139,7 @@ func (e *env) openStore(ctx context.Context) (*storage.Store, error) {
 }
 
 func (e *env) newRegistry() (*registry.Registry, error) {
-	return registry.New(registry.Config{Kafka: e.kafka, Topic: e.topics.Registry, Logger: e.log})
+	return registry.New(registry.Config{Kafka: e.kafka, Topic: e.topics.Registry, Logger: e.log, JWTAudience: e.o.jwtAudience})
 }
 
 func (e *env) newAPI(reg *registry.Registry, st *storage.Store, ready func(context.Context) error) (*api.Server, error) {
