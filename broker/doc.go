@@ -62,13 +62,14 @@
 //
 // # Memory per connection
 //
-// An idle device costs about 26 KiB resident (34 KiB after a reconnect wave;
-// docs/benchmarks.md): two goroutine stacks (mochi's read and write loops,
-// about 20 KiB together), a 1 KiB read buffer (ClientReadBufferBytes), an
-// outbound queue of 64 packets (ClientWritesPending; mochi's default of 8192
-// is 64 KiB per client) and the connection. The 2 KiB write buffer exists
-// only while writes queue up. A publishing device adds its forwarder queue of
-// MaxInflightPerClient messages; at most 256 server→device QoS 1 messages.
+// An idle device costs about 26 KiB resident, 34 KiB (tokens) to 39 KiB
+// (JWTs) after a reconnect wave (docs/benchmarks.md): two goroutine stacks
+// (mochi's read and write loops, about 20 KiB together), a 1 KiB read buffer
+// (ClientReadBufferBytes), an outbound queue of 64 packets
+// (ClientWritesPending; mochi's default of 8192 is 64 KiB per client) and the
+// connection. The 2 KiB write buffer exists only while writes queue up. A
+// publishing device adds its forwarder queue of MaxInflightPerClient
+// messages; at most 256 server→device QoS 1 messages.
 //
 // # Shutdown
 //
