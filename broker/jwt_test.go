@@ -157,18 +157,36 @@ func TestJWTConnect(t *testing.T) {
 		t.Fatalf("records %q %q", rs[0].Value, rs[1].Value)
 	}
 
+	// dev-2 has its own key; dev-1's JWT must not open dev-2.
 	other, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	for _, tc := range []struct{ name, jwt string }{
-		{"wrong key", signJWT(t, other, jwtAud, now, now.Add(time.Hour))},
-		{"wrong aud", signJWT(t, ec, "other-project", now, now.Add(time.Hour))},
-		{"expired", signJWT(t, ec, jwtAud, now.Add(-2*time.Hour), now.Add(-time.Hour))},
-		{"lifetime > 24 h", signJWT(t, rk, jwtAud, now, now.Add(25*time.Hour))},
+	if _, _, err := e.reg.Create(ctx, registry.Spec{ID: "dev-2"}); err != nil {
+		t.Fatal(err)
+	}
+	e.addKey(t, "dev-2", registry.CredentialES256PEM, &other.PublicKey)
+	if _, _, err := e.reg.Create(ctx, registry.Spec{ID: "blocked"}); err != nil {
+		t.Fatal(err)
+	}
+	e.addKey(t, "blocked", registry.CredentialES256PEM, &ec.PublicKey)
+	if err := e.reg.SetBlocked(ctx, "blocked", true); err != nil {
+		t.Fatal(err)
+	}
+	valid := signJWT(t, ec, jwtAud, now, now.Add(time.Hour))
+	for _, tc := range []struct {
+		name, id, jwt string
+		v5, v3        byte
+	}{
+		{"wrong key", cloudID, signJWT(t, other, jwtAud, now, now.Add(time.Hour)), 0x86, 4},
+		{"wrong aud", cloudID, signJWT(t, ec, "other-project", now, now.Add(time.Hour)), 0x86, 4},
+		{"expired", cloudID, signJWT(t, ec, jwtAud, now.Add(-2*time.Hour), now.Add(-time.Hour)), 0x86, 4},
+		{"lifetime > 24 h", cloudID, signJWT(t, rk, jwtAud, now, now.Add(25*time.Hour)), 0x86, 4},
+		{"dev-1's JWT presented by dev-2", "dev-2", valid, 0x86, 4},
+		{"blocked device with a valid JWT", "blocked", valid, 0x87, 5},
 	} {
 		for _, v := range []byte{3, 5} {
-			c, ack := dialRaw(t, e.b.Addr(), v, cloudID, tc.jwt, nil)
-			want := byte(0x86)
+			c, ack := dialRaw(t, e.b.Addr(), v, tc.id, tc.jwt, nil)
+			want := tc.v5
 			if v == 3 {
-				want = 4
+				want = tc.v3
 			}
 			if ack.ReasonCode != want {
 				t.Errorf("%s v%d: CONNACK %#x, want %#x", tc.name, v, ack.ReasonCode, want)

@@ -111,7 +111,13 @@ func pemTrim(b []byte) []byte {
 	return b
 }
 
-// AddCredential adds a public-key credential to a device. It returns
+// AddCredential adds a public-key credential to a device.
+//
+// A binary older than public keys keeps ignoring them on authentication, but
+// its read-modify-write updates (SetBlocked, SetMetadata) drop the
+// public_key field it does not know: upgrade every instance before adding
+// keys in a mixed fleet.
+// It returns
 // ErrInvalidCredential for a bad type, PEM or key, ErrTooManyCredentials
 // when the device already holds MaxCredentials, or ErrNotFound.
 func (r *Registry) AddCredential(ctx context.Context, id string, spec CredentialSpec) error {

@@ -6,9 +6,9 @@
 // pattern of Kafka Connect's config topic and Schema Registry's _schemas).
 //
 // Reads (Get, List, Authenticate) answer from memory. Writes (Create, Delete,
-// SetBlocked) produce to the topic with acks=all and return only after this
-// instance's follower applied the produced record, so a caller reads its own
-// writes. Other instances see the write once their followers get to it.
+// SetBlocked, AddCredential, ...) produce to the topic with acks=all and
+// return only after this instance's follower applied the produced record, so
+// a caller reads its own writes. Other instances see the write once their followers get to it.
 //
 // Use:
 //
