@@ -75,6 +75,7 @@ type Broker struct {
 	srv     *mqtt.Server
 	ln      *listeners.TCP
 	fwd     *forwardHook
+	auth    *authHook
 	drainTO time.Duration
 	log     zerolog.Logger
 }
@@ -156,8 +157,9 @@ func New(cfg Config) (*Broker, error) {
 
 	m := newMetrics(cfg.Metrics, srv)
 	fwd := newForwardHook(srv, cfg.Forwarder, cfg.MaxInflightPerClient, cfg.MaxPayloadBytes, m, log)
+	auth := &authHook{auth: cfg.Auth, m: m, draining: fwd.isDraining, log: log}
 	hooks := []mqtt.Hook{
-		&authHook{auth: cfg.Auth, m: m, draining: fwd.isDraining, log: log},
+		auth,
 		&aclHook{m: m},
 		fwd,
 	}
@@ -170,7 +172,7 @@ func New(cfg Config) (*Broker, error) {
 	if err := srv.AddListener(ln); err != nil {
 		return nil, fmt.Errorf("broker: listen on %s: %w", cfg.TCPAddr, err)
 	}
-	return &Broker{srv: srv, ln: ln, fwd: fwd, drainTO: cfg.DrainTimeout, log: log}, nil
+	return &Broker{srv: srv, ln: ln, fwd: fwd, auth: auth, drainTO: cfg.DrainTimeout, log: log}, nil
 }
 
 // Addr is the address the broker listens on.
@@ -182,6 +184,11 @@ func (b *Broker) Addr() string { return b.ln.Address() }
 // refused — and then disconnects the clients. A message not yet forwarded
 // gets no acknowledgement, so the device sends it again after reconnecting.
 func (b *Broker) Run(ctx context.Context) error {
+	if sa, ok := b.auth.auth.(SessionAuthenticator); ok {
+		// Every instance follows the registry, so a block, delete or
+		// credential removal written anywhere cuts the sessions held here.
+		defer sa.Watch(b.auth.deviceChanged)()
+	}
 	if err := b.srv.Serve(); err != nil {
 		return fmt.Errorf("broker: serve: %w", err)
 	}

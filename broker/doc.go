@@ -24,6 +24,23 @@
 // the auth hook decides in OnConnect, writes the CONNACK itself and returns
 // the code, which makes mochi close the connection without another CONNACK.
 //
+// # Ending live sessions
+//
+// A session lasts only as long as what admitted it. A JWT session is closed
+// when the JWT expires (v5: DISCONNECT 0xA0 Maximum connect time). When Auth
+// is a SessionAuthenticator (*registry.Registry), the broker also remembers
+// which credential each client proved (registry.Session.Credential: a digest
+// of the credential, stable when other credentials are removed and indexes
+// shift) and subscribes to the registry's Watch. Every instance follows the
+// registry topic, so when any instance blocks or deletes a device or removes
+// a credential, each broker re-checks that device's clients as soon as its
+// registry applied the record (milliseconds; the target is one second) and
+// closes those no longer allowed: MQTT 5 gets DISCONNECT 0x98
+// Administrative action (the spec's code for a connection ended by an
+// operator, unlike 0x87 which answers a request), 3.1.1 a closed socket since
+// the server has no DISCONNECT there. Token and JWT sessions are treated
+// alike; a session using another credential of the same device stays up.
+//
 // # Topics and ACL
 //
 // A device publishes only to /devices/D/events[/sub...] and /devices/D/state

@@ -32,6 +32,12 @@ import (
 // connect time" for MQTT 5 (the code the spec has for a connection that
 // outlived what it was authorised for; 0x8C would claim an AUTH method was
 // wrong) and by closing the socket for 3.1.1, which has no server DISCONNECT.
+//
+// With a SessionAuthenticator the hook also remembers which credential each
+// connected client proved, and when the registry says a device changed it
+// re-checks that device's clients and closes those no longer allowed
+// (blocked, deleted, credential removed or expired) with DISCONNECT 0x98
+// "administrative action" (v5) or a closed socket (3.1.1).
 type authHook struct {
 	mqtt.HookBase
 	auth     Authenticator
@@ -41,13 +47,22 @@ type authHook struct {
 
 	mu     sync.Mutex
 	expiry map[*mqtt.Client]*time.Timer // clients whose credentials expire
+	// conns holds, per device, its connected clients and the credential
+	// (registry.Session.Credential) each proved. An entry is added in
+	// OnConnect and removed in OnDisconnect; mochi skips OnDisconnect when
+	// the CONNACK write fails, so recheck also drops closed clients.
+	conns map[string]map[*mqtt.Client]string
 }
 
-// SessionAuthenticator is an Authenticator that also says until when the
-// session it admits may last (zero: no limit), as *registry.Registry does
-// for JWTs. The broker uses it when Auth implements it.
+// SessionAuthenticator is an Authenticator that also describes the session
+// it admits and tells when a device changes, as *registry.Registry does. The
+// broker uses it when Auth implements it: a session ends when its JWT
+// expires (Session.Until), and when Watch reports the device changed and
+// SessionValid says the session's credential no longer admits it.
 type SessionAuthenticator interface {
-	AuthenticateSession(deviceID string, password []byte) (until time.Time, err error)
+	AuthenticateSession(deviceID string, password []byte) (registry.Session, error)
+	SessionValid(deviceID, credential string) bool
+	Watch(fn func(deviceID string)) (stop func())
 }
 
 func (h *authHook) ID() string { return "iotpipe-auth" }
@@ -73,10 +88,13 @@ var (
 )
 
 func (h *authHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
-	r, until, ok := h.decide(pk)
+	r, sess, ok := h.decide(pk)
+	if ok && sess.Credential != "" && !h.track(cl, sess.Credential) {
+		r, ok = refuseBlocked, false // changed while we authenticated
+	}
 	if ok {
-		if !until.IsZero() {
-			h.expireAt(cl, until)
+		if !sess.Until.IsZero() {
+			h.expireAt(cl, sess.Until)
 		}
 		return nil
 	}
@@ -91,42 +109,120 @@ func (h *authHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	return r.v5
 }
 
-// decide authenticates a CONNECT; until is when the session must end (zero:
-// never).
-func (h *authHook) decide(pk packets.Packet) (r refusal, until time.Time, ok bool) {
+// decide authenticates a CONNECT; sess.Until is when the session must end
+// (zero: never).
+func (h *authHook) decide(pk packets.Packet) (r refusal, sess registry.Session, ok bool) {
 	if h.draining() {
-		return refuseUnavailable, until, false
+		return refuseUnavailable, sess, false
 	}
 	dev, err := deviceFromClientID(pk.Connect.ClientIdentifier)
 	if err != nil {
-		return refuseClientID, until, false
+		return refuseClientID, sess, false
 	}
 	if !pk.Connect.PasswordFlag || len(pk.Connect.Password) == 0 {
-		return refuseNoPassword, until, false
+		return refuseNoPassword, sess, false
 	}
 	if sa, isSA := h.auth.(SessionAuthenticator); isSA {
-		until, err = sa.AuthenticateSession(dev, pk.Connect.Password)
+		sess, err = sa.AuthenticateSession(dev, pk.Connect.Password)
 	} else {
 		err = h.auth.Authenticate(dev, pk.Connect.Password)
 	}
 	switch {
 	case err == nil:
-		return refusal{}, until, true
+		return refusal{}, sess, true
 	case errors.Is(err, registry.ErrNotFound):
-		return refuseUnknown, until, false
+		return refuseUnknown, sess, false
 	case errors.Is(err, registry.ErrBadCredentials):
 		// The reason (wrong key, aud, expired...) is for the operator; the
 		// error never holds the password.
 		h.log.Debug().Err(err).Msg("bad credentials")
-		return refuseCredentials, until, false
+		return refuseCredentials, sess, false
 	case errors.Is(err, registry.ErrBlocked):
-		return refuseBlocked, until, false
+		return refuseBlocked, sess, false
 	case errors.Is(err, registry.ErrInvalidID):
-		return refuseClientID, until, false
+		return refuseClientID, sess, false
 	default: // the registry itself failed: say so rather than blame the device
 		h.log.Warn().Err(err).Str("device", dev).Msg("authenticate")
-		return refuseUnavailable, until, false
+		return refuseUnavailable, sess, false
 	}
+}
+
+// track records that cl proved credential, then checks the credential
+// again: a change applied between AuthenticateSession and the record would
+// otherwise be missed (its recheck did not see cl yet). False refuses cl.
+func (h *authHook) track(cl *mqtt.Client, credential string) bool {
+	dev, _ := deviceFromClientID(cl.ID) // decide checked it
+	h.mu.Lock()
+	if h.conns == nil {
+		h.conns = map[string]map[*mqtt.Client]string{}
+	}
+	if h.conns[dev] == nil {
+		h.conns[dev] = map[*mqtt.Client]string{}
+	}
+	h.conns[dev][cl] = credential
+	h.mu.Unlock()
+	if h.auth.(SessionAuthenticator).SessionValid(dev, credential) {
+		return true
+	}
+	h.untrack(dev, cl)
+	return false
+}
+
+func (h *authHook) untrack(dev string, cl *mqtt.Client) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	delete(h.conns[dev], cl)
+	if len(h.conns[dev]) == 0 {
+		delete(h.conns, dev)
+	}
+}
+
+// deviceChanged is the registry's Watch callback. It runs on the registry's
+// follower goroutine, so it only looks up whether the device has clients
+// here and leaves the re-check (and socket writes) to a goroutine.
+func (h *authHook) deviceChanged(dev string) {
+	h.mu.Lock()
+	n := len(h.conns[dev])
+	h.mu.Unlock()
+	if n > 0 {
+		go h.recheck(dev)
+	}
+}
+
+// recheck closes the device's clients whose credential no longer admits
+// them.
+func (h *authHook) recheck(dev string) {
+	h.mu.Lock()
+	clients := make(map[*mqtt.Client]string, len(h.conns[dev]))
+	for cl, cred := range h.conns[dev] {
+		clients[cl] = cred
+	}
+	h.mu.Unlock()
+	sa := h.auth.(SessionAuthenticator)
+	for cl, cred := range clients {
+		if cl.Closed() {
+			h.untrack(dev, cl)
+			continue
+		}
+		if sa.SessionValid(dev, cred) {
+			continue
+		}
+		h.m.sessionsCut.Inc()
+		h.log.Info().Str("client", cl.ID).Str("credential", cred).
+			Msg("device blocked, deleted or its credential removed; closing connection")
+		closeClient(cl, packets.ErrAdministrativeAction, "device blocked, deleted or credential removed")
+	}
+}
+
+// closeClient ends a connection the broker no longer accepts: MQTT 5 gets a
+// DISCONNECT with code, 3.1.1 (which has no server DISCONNECT) a closed
+// socket.
+func closeClient(cl *mqtt.Client, code packets.Code, reason string) {
+	if cl.Properties.ProtocolVersion == 5 {
+		_ = cl.WritePacket(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Disconnect},
+			ReasonCode: code.Code, Properties: packets.Properties{ReasonString: reason}})
+	}
+	cl.Stop(code)
 }
 
 // expireAt closes cl's connection at until. OnDisconnect stops the timer
@@ -142,16 +238,14 @@ func (h *authHook) expireAt(cl *mqtt.Client, until time.Time) {
 		delete(h.expiry, cl)
 		h.mu.Unlock()
 		h.log.Info().Str("client", cl.ID).Msg("credentials expired; closing connection")
-		if cl.Properties.ProtocolVersion == 5 {
-			_ = cl.WritePacket(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Disconnect},
-				ReasonCode: packets.ErrMaxConnectTime.Code,
-				Properties: packets.Properties{ReasonString: "credentials expired"}})
-		}
-		cl.Stop(packets.ErrMaxConnectTime)
+		closeClient(cl, packets.ErrMaxConnectTime, "credentials expired")
 	})
 }
 
 func (h *authHook) OnDisconnect(cl *mqtt.Client, _ error, _ bool) {
+	if dev, err := deviceFromClientID(cl.ID); err == nil {
+		h.untrack(dev, cl)
+	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if t, ok := h.expiry[cl]; ok {

@@ -40,6 +40,14 @@ func newJWTEnv(t *testing.T, skew time.Duration) *jwtEnv {
 		t.Fatal(err)
 	}
 	t.Cleanup(c.Close)
+	b, reg := startInstance(t, c, skew)
+	return &jwtEnv{b: b, reg: reg, kafka: c}
+}
+
+// startInstance starts what one iotpipe instance runs for devices on c: a
+// registry following the registry topic, a forwarder and a broker.
+func startInstance(t *testing.T, c *kfake.Cluster, skew time.Duration) (*Broker, *registry.Registry) {
+	t.Helper()
 	seeds := []kgo.Opt{kgo.SeedBrokers(c.ListenAddrs()...)}
 	reg, err := registry.New(registry.Config{Kafka: seeds, Topic: "iot.registry", Logger: testLogger(),
 		JWTAudience: jwtAud, ClockSkew: skew})
@@ -68,7 +76,7 @@ func newJWTEnv(t *testing.T, skew time.Duration) *jwtEnv {
 	bDone := make(chan error, 1)
 	go func() { bDone <- b.Run(bctx) }()
 	t.Cleanup(func() { bcancel(); <-bDone })
-	return &jwtEnv{b: b, reg: reg, kafka: c}
+	return b, reg
 }
 
 // addKey registers pub on the device as typ.

@@ -14,6 +14,7 @@ type metrics struct {
 	rejected       *prometheus.CounterVec
 	connectRefused *prometheus.CounterVec
 	inflight       prometheus.Gauge
+	sessionsCut    prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer, srv *mqtt.Server) *metrics {
@@ -42,6 +43,10 @@ func newMetrics(reg prometheus.Registerer, srv *mqtt.Server) *metrics {
 		inflight: f.NewGauge(prometheus.GaugeOpts{
 			Name: "iotpipe_mqtt_inflight_messages",
 			Help: "Messages forwarded to Kafka and not yet answered, all clients.",
+		}),
+		sessionsCut: f.NewCounter(prometheus.CounterOpts{
+			Name: "iotpipe_mqtt_sessions_cut_total",
+			Help: "Connections closed because their device was blocked or deleted or lost the credential they used.",
 		}),
 	}
 }

@@ -69,7 +69,8 @@ func TestCredentialsAddRemovePropagate(t *testing.T) {
 		t.Fatal(err)
 	}
 	// a applied its own write before returning; b follows.
-	until, err := a.AuthenticateSession("jwt-dev", []byte(ecJWT))
+	sess, err := a.AuthenticateSession("jwt-dev", []byte(ecJWT))
+	until := sess.Until
 	if err != nil || until.Before(now.Add(time.Hour)) || until.After(now.Add(time.Hour+registry.DefaultClockSkew)) {
 		t.Fatalf("ES256 JWT on a: %v, until %v", err, until)
 	}

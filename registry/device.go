@@ -151,22 +151,22 @@ func hashToken(token []byte) []byte {
 	return s[:]
 }
 
-// checkToken reports whether password matches one of d's unexpired token
-// credentials. It compares hashes in constant time and looks at every
-// credential, so timing does not tell which one matched.
-func (d *Device) checkToken(password []byte, now time.Time) bool {
+// checkToken returns the index of d's unexpired token credential that
+// password matches, or -1. It compares hashes in constant time and looks at
+// every credential, so timing does not tell which one matched.
+func (d *Device) checkToken(password []byte, now time.Time) int {
 	sum := hashToken(password)
-	ok := 0
-	for _, c := range d.Credentials {
+	match := -1
+	for i, c := range d.Credentials {
 		if c.Type != CredentialToken || len(c.TokenSHA256) != sha256.Size {
 			continue
 		}
 		if !c.ExpiresAt.IsZero() && !now.Before(c.ExpiresAt) {
 			continue
 		}
-		ok |= subtle.ConstantTimeCompare(sum, c.TokenSHA256)
+		match = subtle.ConstantTimeSelect(subtle.ConstantTimeCompare(sum, c.TokenSHA256), i, match)
 	}
-	return ok == 1
+	return match
 }
 
 // Label and name limits. Keys and values follow the rule Google Cloud uses

@@ -49,11 +49,12 @@ type jwtClaims struct {
 // is the parsed key of dev.Credentials[i], nil if that credential is not a
 // usable public key) and Cloud IoT Core's claim rules. It returns when the
 // session it opens must end: exp plus the skew, or earlier if the matching
-// credential expires first. Every failure wraps ErrBadCredentials; the
-// reason in the message is for the operator's log, never for the client.
-func verifyJWT(token []byte, dev *Device, keys []crypto.PublicKey, aud string, now time.Time, skew time.Duration) (time.Time, error) {
-	fail := func(format string, a ...any) (time.Time, error) {
-		return time.Time{}, fmt.Errorf("%w: device %s: JWT %s", ErrBadCredentials, dev.ID, fmt.Sprintf(format, a...))
+// credential expires first, and the index of the credential that signed it.
+// Every failure wraps ErrBadCredentials; the reason in the message is for
+// the operator's log, never for the client.
+func verifyJWT(token []byte, dev *Device, keys []crypto.PublicKey, aud string, now time.Time, skew time.Duration) (time.Time, int, error) {
+	fail := func(format string, a ...any) (time.Time, int, error) {
+		return time.Time{}, -1, fmt.Errorf("%w: device %s: JWT %s", ErrBadCredentials, dev.ID, fmt.Sprintf(format, a...))
 	}
 	if len(token) > maxJWTLen {
 		return fail("too long")
@@ -114,7 +115,7 @@ func verifyJWT(token []byte, dev *Device, keys []crypto.PublicKey, aud string, n
 		if !cr.ExpiresAt.IsZero() && cr.ExpiresAt.Before(until) {
 			until = cr.ExpiresAt
 		}
-		return until, nil
+		return until, i, nil
 	}
 	return fail("signature matches no unexpired %s key of the device", h.Alg)
 }

@@ -152,7 +152,7 @@ func TestVerifyJWT(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			until, err := verifyJWT([]byte(tc.token), tc.dev, tc.keys, testAud, now, DefaultClockSkew)
+			until, _, err := verifyJWT([]byte(tc.token), tc.dev, tc.keys, testAud, now, DefaultClockSkew)
 			if tc.wantUntil.IsZero() {
 				if !errors.Is(err, ErrBadCredentials) {
 					t.Fatalf("verifyJWT = %v, %v; want ErrBadCredentials", until, err)
@@ -221,7 +221,7 @@ func BenchmarkVerifyJWT(b *testing.B) {
 			d := Device{ID: "d", Credentials: []Credential{{Type: tc.typ, PublicKey: p}}}
 			tok := []byte(sign(b, tc.alg, tc.key, claims(testAud, now, now.Add(time.Hour))))
 			for b.Loop() {
-				if _, err := verifyJWT(tok, &d, []crypto.PublicKey{k}, testAud, now, DefaultClockSkew); err != nil {
+				if _, _, err := verifyJWT(tok, &d, []crypto.PublicKey{k}, testAud, now, DefaultClockSkew); err != nil {
 					b.Fatal(err)
 				}
 			}

@@ -101,6 +101,8 @@ type Registry struct {
 	changed chan struct{} // closed and replaced whenever applied advances
 
 	noAudLogged atomic.Int64 // unix second of the last "no JWT audience" log line
+
+	watch watchers // see Watch
 }
 
 // entry is an applied device plus the offset of the record it came from.
@@ -263,7 +265,6 @@ func (r *Registry) apply(rec *kgo.Record) {
 	}
 
 	r.mu.Lock()
-	defer r.mu.Unlock()
 	switch {
 	case rec.Value == nil:
 		delete(r.devices, id)
@@ -274,6 +275,11 @@ func (r *Registry) apply(rec *kgo.Record) {
 		r.applied = rec.Offset + 1
 		close(r.changed)
 		r.changed = make(chan struct{})
+	}
+	r.mu.Unlock()
+	// Outside the lock: watchers read the registry (SessionValid).
+	if rec.Value == nil || dev != nil {
+		r.notify(id)
 	}
 }
 
@@ -366,11 +372,10 @@ func (r *Registry) Authenticate(deviceID string, password []byte) error {
 
 // AuthenticateSession checks a device's password, an access token or a JWT
 // signed by one of its public keys (Cloud IoT Core's rules, see verifyJWT),
-// and returns when the session must end: zero for a token, for a JWT its exp
-// plus the clock skew (or the credential's expiry if sooner). Errors are
-// ErrNotFound, ErrBadCredentials, or ErrBlocked; blocked is only reported to
-// a caller who proved the credentials, so it tells a stranger nothing.
-func (r *Registry) AuthenticateSession(deviceID string, password []byte) (time.Time, error) {
+// and returns the Session it admits. Errors are ErrNotFound,
+// ErrBadCredentials, or ErrBlocked; blocked is only reported to a caller who
+// proved the credentials, so it tells a stranger nothing.
+func (r *Registry) AuthenticateSession(deviceID string, password []byte) (Session, error) {
 	r.mu.RLock()
 	e, ok := r.devices[deviceID]
 	var dev Device
@@ -380,28 +385,30 @@ func (r *Registry) AuthenticateSession(deviceID string, password []byte) (time.T
 	}
 	r.mu.RUnlock()
 	if !ok {
-		return time.Time{}, fmt.Errorf("%w: %s", ErrNotFound, deviceID)
+		return Session{}, fmt.Errorf("%w: %s", ErrNotFound, deviceID)
 	}
 	now := r.now()
-	var until time.Time
+	var s Session
+	var idx int
 	switch {
 	case !isJWT(password):
-		if !dev.checkToken(password, now) {
-			return time.Time{}, fmt.Errorf("%w: device %s", ErrBadCredentials, deviceID)
+		if idx = dev.checkToken(password, now); idx < 0 {
+			return Session{}, fmt.Errorf("%w: device %s", ErrBadCredentials, deviceID)
 		}
 	case r.cfg.JWTAudience == "":
 		r.logNoAudience()
-		return time.Time{}, fmt.Errorf("%w: device %s: JWT refused, no JWT audience (project id) configured", ErrBadCredentials, deviceID)
+		return Session{}, fmt.Errorf("%w: device %s: JWT refused, no JWT audience (project id) configured", ErrBadCredentials, deviceID)
 	default:
 		var err error
-		if until, err = verifyJWT(password, &dev, keys, r.cfg.JWTAudience, now, r.cfg.ClockSkew); err != nil {
-			return time.Time{}, err
+		if s.Until, idx, err = verifyJWT(password, &dev, keys, r.cfg.JWTAudience, now, r.cfg.ClockSkew); err != nil {
+			return Session{}, err
 		}
 	}
 	if dev.Blocked {
-		return time.Time{}, fmt.Errorf("%w: %s", ErrBlocked, deviceID)
+		return Session{}, fmt.Errorf("%w: %s", ErrBlocked, deviceID)
 	}
-	return until, nil
+	s.Credential = dev.Credentials[idx].ref()
+	return s, nil
 }
 
 // logNoAudience says why JWTs fail, at most once a minute so a fleet
