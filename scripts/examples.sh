@@ -1,0 +1,207 @@
+#!/usr/bin/env bash
+# Runs the device samples in examples/ against a running iotpipe:
+#   1. builds iotpipe and starts `iotpipe run` on free loopback ports with a
+#      temporary data directory and --jwt-audience demo-project,
+#   2. makes an ES256 and an RS256 key pair (openssl), creates two devices
+#      and registers their public keys with `iotpipe devices credentials add`,
+#   3. runs examples/python/device.py (ES256; in a venv cached under
+#      $IOTPIPE_CACHE/venv/<hash of requirements.txt and python version>) and
+#      examples/go-device (RS256), $IOTPIPE_EXAMPLE_MESSAGES messages each,
+#   4. checks through the HTTP API that the closed 10 s windows of each device
+#      count exactly the messages it sent.
+# Exits non-zero with the reason on any failure; cleans up after itself.
+# Needs Go, python3 (python3-venv is installed with apt-get when missing),
+# openssl and curl; libchdb from scripts/chdb.sh unless CHDB_LIB_PATH is set.
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+export IOTPIPE_CACHE=${IOTPIPE_CACHE:-$HOME/.cache/iotpipe}
+msgs=${IOTPIPE_EXAMPLE_MESSAGES:-5}
+project=demo-project
+started=$SECONDS
+
+log() { echo "== examples.sh [$((SECONDS - started))s]: $*" >&2; }
+fail() {
+	echo "examples.sh: FAIL: $*" >&2
+	exit 1
+}
+
+for c in go python3 curl openssl; do
+	command -v "$c" >/dev/null || fail "$c is required"
+done
+
+CHDB_LIB_PATH=${CHDB_LIB_PATH:-$(scripts/chdb.sh | tail -n1)}
+export CHDB_LIB_PATH
+
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/iotpipe-examples.XXXXXX")
+iotpipe_pid=""
+cleanup() {
+	local rc=$?
+	if [ -n "$iotpipe_pid" ] && kill -0 "$iotpipe_pid" 2>/dev/null; then
+		kill -TERM "$iotpipe_pid" 2>/dev/null || true
+		for _ in $(seq 1 100); do
+			kill -0 "$iotpipe_pid" 2>/dev/null || break
+			sleep 0.1
+		done
+		kill -KILL "$iotpipe_pid" 2>/dev/null || true
+		wait "$iotpipe_pid" 2>/dev/null || true
+	fi
+	if [ "$rc" -ne 0 ] && [ -s "$tmp/iotpipe.log" ]; then
+		echo "examples.sh: last lines of the iotpipe log:" >&2
+		tail -n 30 "$tmp/iotpipe.log" >&2
+	fi
+	rm -rf "$tmp"
+	exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# --- Python venv, cached by requirements and interpreter -------------------
+req=examples/python/requirements.txt
+pyver=$(python3 -c 'import sys; print("%d.%d.%d" % sys.version_info[:3])')
+key=$({
+	cat "$req"
+	echo "$pyver $(command -v python3)"
+} | sha256sum | cut -c1-16)
+venv=$IOTPIPE_CACHE/venv/$key
+export PIP_CACHE_DIR=$IOTPIPE_CACHE/pip
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+if [ -f "$venv/.complete" ]; then
+	log "python venv cached ($venv)"
+else
+	log "creating python venv $venv (python $pyver)"
+	rm -rf "$venv"
+	mkdir -p "$IOTPIPE_CACHE/venv"
+	if ! python3 -m venv "$venv" >"$tmp/venv.log" 2>&1; then
+		# Debian's python3 ships venv without ensurepip: python3-venv has it.
+		rm -rf "$venv"
+		log "python3 -m venv failed; installing python3-venv"
+		sudo=""
+		[ "$(id -u)" -eq 0 ] || sudo=sudo
+		pkg=python3-venv
+		if [ "$(command -v python3)" = /usr/bin/python3 ]; then
+			pkg="python3-venv python${pyver%.*}-venv"
+		fi
+		$sudo apt-get update -qq >/dev/null
+		# shellcheck disable=SC2086
+		DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq $pkg >/dev/null ||
+			DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3-venv >/dev/null ||
+			fail "could not install python3-venv"
+		python3 -m venv "$venv" >"$tmp/venv.log" 2>&1 || {
+			cat "$tmp/venv.log" >&2
+			fail "python3 -m venv $venv"
+		}
+	fi
+	"$venv/bin/python" -m pip install -q -r "$req" || fail "pip install -r $req"
+	touch "$venv/.complete"
+fi
+py=$venv/bin/python
+
+# --- build ----------------------------------------------------------------
+log "building iotpipe and examples/go-device"
+go build -o "$tmp/iotpipe" ./cmd/iotpipe
+go build -o "$tmp/go-device" ./examples/go-device
+
+# --- keys -------------------------------------------------------------------
+log "generating an ES256 and an RS256 key pair"
+openssl ecparam -genkey -name prime256v1 -noout -out "$tmp/ec_private.pem" 2>/dev/null
+openssl ec -in "$tmp/ec_private.pem" -pubout -out "$tmp/ec_public.pem" 2>/dev/null
+openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$tmp/rsa_private.pem" 2>/dev/null
+openssl rsa -in "$tmp/rsa_private.pem" -pubout -out "$tmp/rsa_public.pem" 2>/dev/null
+
+# --- iotpipe ----------------------------------------------------------------
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+pick_port() {
+	local p
+	for _ in $(seq 1 50); do
+		p=$((20000 + RANDOM % 40000))
+		if port_free "$p" && [[ " $picked " != *" $p "* ]]; then
+			echo "$p"
+			return
+		fi
+	done
+	fail "no free port found"
+}
+picked=""
+mqtt_port=$(pick_port)
+picked="$picked $mqtt_port"
+http_port=$(pick_port)
+picked="$picked $http_port"
+kafka_port=$(pick_port)
+data=$tmp/data
+api=http://127.0.0.1:$http_port
+
+log "starting iotpipe (MQTT 127.0.0.1:$mqtt_port, HTTP $api)"
+"$tmp/iotpipe" run --data-dir "$data" --log-format json \
+	--mqtt-addr "127.0.0.1:$mqtt_port" --http-addr "127.0.0.1:$http_port" \
+	--embedded-kafka-addr "127.0.0.1:$kafka_port" \
+	--jwt-audience "$project" --idle-timeout 2s >"$tmp/iotpipe.log" 2>&1 &
+iotpipe_pid=$!
+deadline=$((SECONDS + 60))
+until curl -fsS -o /dev/null "$api/readyz" 2>/dev/null; do
+	kill -0 "$iotpipe_pid" 2>/dev/null || fail "iotpipe exited before it was ready"
+	((SECONDS < deadline)) || fail "iotpipe not ready within 60 s"
+	sleep 0.2
+done
+log "iotpipe ready"
+
+# The admin token goes into a curl header file, never onto a command line or
+# into the output.
+umask 077
+printf 'Authorization: Bearer %s\n' "$(cat "$data/admin-token")" >"$tmp/auth-header"
+umask 022
+
+cli() { "$tmp/iotpipe" "$@" --api "$api" --data-dir "$data"; }
+py_dev=py-device-1
+go_dev=go-device-1
+for d in "$py_dev" "$go_dev"; do
+	# The answer holds the device's access token: not printed.
+	cli devices create "$d" --labels sample=examples >/dev/null || fail "devices create $d"
+done
+cli devices credentials add "$py_dev" --type ES256_PEM --public-key-file "$tmp/ec_public.pem" >/dev/null ||
+	fail "credentials add $py_dev"
+cli devices credentials add "$go_dev" --type RSA_PEM --public-key-file "$tmp/rsa_public.pem" >/dev/null ||
+	fail "credentials add $go_dev"
+log "devices $py_dev (ES256) and $go_dev (RS256) registered"
+
+from_ms=$(($(date +%s) * 1000 - 60000))
+
+# --- the samples ------------------------------------------------------------
+log "python device: $msgs messages"
+"$py" examples/python/device.py --host 127.0.0.1 --port "$mqtt_port" \
+	--project-id "$project" --registry-id examples --cloud-region local --device-id "$py_dev" \
+	--private-key-file "$tmp/ec_private.pem" --algorithm ES256 --jwt-expires-minutes 20 \
+	--num-messages "$msgs" --message-interval 0.1 --timeout 10 ||
+	fail "python device (ES256) failed"
+
+log "go device: $msgs messages"
+"$tmp/go-device" --host 127.0.0.1 --port "$mqtt_port" \
+	--project-id "$project" --registry-id examples --cloud-region local --device-id "$go_dev" \
+	--private-key-file "$tmp/rsa_private.pem" --algorithm RS256 --jwt-expires 20m \
+	--num-messages "$msgs" --message-interval 100ms --timeout 10s ||
+	fail "go device (RS256) failed"
+
+# --- verify through the API ---------------------------------------------------
+# Sum of "count" over a device's closed 10 s windows of one metric.
+window_count() {
+	local body
+	body=$(curl -fsS -H "@$tmp/auth-header" \
+		"$api/api/v1/windows?device=$1&metric=$2&window=10s&from=$from_ms") || return 1
+	grep -o '"count": *[0-9]*' <<<"$body" | awk -F: '{s += $2} END {print s + 0}'
+}
+log "waiting for the windows to close (idle timeout 2 s, allowed lateness 5 s)"
+deadline=$((SECONDS + 60))
+for d in "$py_dev" "$go_dev"; do
+	for m in temperature humidity; do
+		while :; do
+			n=$(window_count "$d" "$m") || n=-1
+			((n > msgs)) && fail "$d $m: windows count $n readings, sent $msgs"
+			((n == msgs)) && break
+			((SECONDS < deadline)) || fail "$d $m: windows count $n readings after 60 s, sent $msgs"
+			sleep 0.5
+		done
+		log "$d $m: $n readings in closed windows, as sent"
+	done
+done
+
+log "PASS: python (ES256) and go (RS256) devices, $msgs messages each, in ${SECONDS}s"
