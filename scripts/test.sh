@@ -8,7 +8,8 @@
 #   3. the Kafka-facing suites again against Apache Kafka,
 #   4. the Grafana plugin: frontend typecheck, jest and build, backend
 #      executables, and the backend's gRPC tests against a running iotpipe,
-#   5. the fuzzers for a bounded time.
+#   5. the device samples (examples/) against a running iotpipe,
+#   6. the fuzzers for a bounded time.
 # Nothing is skipped: IOTPIPE_REQUIRE_ALL=1 turns every "dependency missing"
 # skip into a failure.
 set -euo pipefail
@@ -24,6 +25,7 @@ log() { echo "== test.sh: $*" >&2; }
 # clickhouse-go adapter test.
 apt_pkgs=()
 command -v mosquitto_pub >/dev/null || apt_pkgs+=(mosquitto-clients)
+command -v openssl >/dev/null || apt_pkgs+=(openssl) # device samples make their keys with it
 command -v clickhouse-server >/dev/null || command -v clickhouse >/dev/null || apt_pkgs+=(clickhouse-server)
 if ((${#apt_pkgs[@]})); then
 	log "installing ${apt_pkgs[*]}"
@@ -72,6 +74,9 @@ log "Grafana plugin: frontend typecheck and unit tests"
 log "Grafana plugin: backend vet and tests (the built executable over gRPC against a running iotpipe)"
 # ./pkg/... only: node_modules may hold stray .go files.
 (cd grafana-plugin && go vet ./pkg/... && go test -count=1 -timeout 15m ./pkg/...)
+
+log "device samples (examples/): Python ES256 and Go RS256 devices against a running iotpipe"
+scripts/examples.sh
 
 log "fuzzing, $fuzztime per target"
 fuzz_module() { # $1: module dir, $2: package pattern
