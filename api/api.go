@@ -143,6 +143,8 @@ func (s *Server) routes() http.Handler {
 	v1.HandleFunc("DELETE /api/v1/devices/{id}", s.deleteDevice)
 	v1.HandleFunc("POST /api/v1/devices/{id}/credentials", s.addCredential)
 	v1.HandleFunc("DELETE /api/v1/devices/{id}/credentials/{index}", s.removeCredential)
+	v1.HandleFunc("POST /api/v1/devices/{id}/block", s.setBlocked(true))
+	v1.HandleFunc("POST /api/v1/devices/{id}/unblock", s.setBlocked(false))
 	v1.HandleFunc("GET /api/v1/series", s.series)
 	v1.HandleFunc("GET /api/v1/summary", s.summary)
 	v1.HandleFunc("GET /api/v1/windows", s.windows)

@@ -184,6 +184,18 @@ func (c *Client) RemoveCredential(ctx context.Context, id string, index int) err
 	return c.do(ctx, http.MethodDelete, "/api/v1/devices/"+url.PathEscape(id)+"/credentials/"+strconv.Itoa(index), nil, nil, nil)
 }
 
+// SetBlocked blocks (true) or unblocks a device and returns it. Blocking
+// also ends the device's live MQTT sessions.
+func (c *Client) SetBlocked(ctx context.Context, id string, blocked bool) (Device, error) {
+	verb := "/unblock"
+	if blocked {
+		verb = "/block"
+	}
+	var out Device
+	err := c.do(ctx, http.MethodPost, "/api/v1/devices/"+url.PathEscape(id)+verb, nil, nil, &out)
+	return out, err
+}
+
 // SeriesParams selects a series; empty fields take the server defaults.
 type SeriesParams struct {
 	Device, Metric, Aggregate string

@@ -87,6 +87,25 @@ func (s *Server) removeCredential(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNoContent)
 }
 
+// setBlocked answers POST /api/v1/devices/{id}/block and /unblock with the
+// device. The write is applied on this instance before the answer, and every
+// instance's broker then closes the device's live sessions (package broker).
+func (s *Server) setBlocked(blocked bool) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		id := r.PathValue("id")
+		if err := s.cfg.Registry.SetBlocked(r.Context(), id, blocked); err != nil {
+			s.registryError(w, err)
+			return
+		}
+		d, err := s.cfg.Registry.Get(id)
+		if err != nil {
+			s.registryError(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, toDeviceJSON(d))
+	}
+}
+
 // NewDevice is the body of POST /api/v1/devices.
 type NewDevice struct {
 	ID     string            `json:"id"`

@@ -59,7 +59,7 @@ func runDevices(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	var cred credentialFlags
 	cred.add(fs)
 	fs.Usage = func() {
-		fmt.Fprintln(stderr, "Usage: iotpipe devices create ID | list | get ID | set ID | delete ID |\n"+
+		fmt.Fprintln(stderr, "Usage: iotpipe devices create ID | list | get ID | set ID | delete ID | block ID | unblock ID |\n"+
 			"       credentials add ID --type T --public-key-file F [--expires RFC3339] | credentials remove ID INDEX [flags]")
 		fs.PrintDefaults()
 	}
@@ -174,6 +174,20 @@ func runDevices(ctx context.Context, args []string, stdout, stderr io.Writer) er
 			return err
 		}
 		return nil
+	case "block", "unblock":
+		id, err := needID()
+		if err != nil {
+			return err
+		}
+		d, err := cl.SetBlocked(ctx, id, pos[0] == "block")
+		if err != nil {
+			return err
+		}
+		if output == "json" {
+			return printJSON(stdout, d)
+		}
+		_, err = fmt.Fprintf(stdout, "%sed device %s\n", pos[0], id)
+		return err
 	case "delete":
 		id, err := needID()
 		if err != nil {

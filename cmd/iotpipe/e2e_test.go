@@ -167,7 +167,8 @@ func TestEndToEnd(t *testing.T) {
 
 	checkDeviceMetadataCLI(t, p)
 	checkReadToken(t, p)
-	checkJWTCLI(t, p)
+	jwt := checkJWTCLI(t, p)
+	checkBlockAndSecrets(t, p, tokens, jwt)
 }
 
 // checkDeviceMetadataCLI: names and labels through `iotpipe devices`, and

@@ -25,8 +25,8 @@ const e2eJWTAudience = "e2e-project"
 // checkJWTCLI: a Cloud IoT Core style device end to end. Its ES256 public
 // key is added with `iotpipe devices credentials add`, it connects with
 // Paho, its Cloud IoT Core client id and a JWT and publishes; after
-// `credentials remove` the same JWT is refused.
-func checkJWTCLI(t *testing.T, p *pipeline) {
+// `credentials remove` the same JWT is refused. It returns the JWT.
+func checkJWTCLI(t *testing.T, p *pipeline) string {
 	t.Helper()
 	p.createDevice("gcp-1")
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
@@ -74,6 +74,7 @@ func checkJWTCLI(t *testing.T, p *pipeline) {
 	if strings.Contains(p.logs.String(), jwt) || strings.Contains(p.logs.String(), strings.Split(jwt, ".")[2]) {
 		t.Error("the JWT appears in the logs")
 	}
+	return jwt
 }
 
 func es256JWT(t *testing.T, key *ecdsa.PrivateKey, claims map[string]any) string {
