@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"slices"
 	"sync"
 	"time"
 
@@ -51,7 +52,15 @@ type authHook struct {
 	// (registry.Session.Credential) each proved. An entry is added in
 	// OnConnect and removed in OnDisconnect; mochi skips OnDisconnect when
 	// the CONNACK write fails, so recheck also drops closed clients.
-	conns map[string]map[*mqtt.Client]string
+	conns map[string][]tracked
+}
+
+// tracked is one connected client and the credential it proved. A slice per
+// device, not a map: most devices hold one connection, and this costs a
+// fleet of idle devices the least memory.
+type tracked struct {
+	cl   *mqtt.Client
+	cred string
 }
 
 // SessionAuthenticator is an Authenticator that also describes the session
@@ -154,12 +163,9 @@ func (h *authHook) track(cl *mqtt.Client, credential string) bool {
 	dev, _ := deviceFromClientID(cl.ID) // decide checked it
 	h.mu.Lock()
 	if h.conns == nil {
-		h.conns = map[string]map[*mqtt.Client]string{}
+		h.conns = map[string][]tracked{}
 	}
-	if h.conns[dev] == nil {
-		h.conns[dev] = map[*mqtt.Client]string{}
-	}
-	h.conns[dev][cl] = credential
+	h.conns[dev] = append(h.conns[dev], tracked{cl, credential})
 	h.mu.Unlock()
 	if h.auth.(SessionAuthenticator).SessionValid(dev, credential) {
 		return true
@@ -171,9 +177,11 @@ func (h *authHook) track(cl *mqtt.Client, credential string) bool {
 func (h *authHook) untrack(dev string, cl *mqtt.Client) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	delete(h.conns[dev], cl)
-	if len(h.conns[dev]) == 0 {
+	list := slices.DeleteFunc(h.conns[dev], func(t tracked) bool { return t.cl == cl })
+	if len(list) == 0 {
 		delete(h.conns, dev)
+	} else {
+		h.conns[dev] = list
 	}
 }
 
@@ -193,13 +201,11 @@ func (h *authHook) deviceChanged(dev string) {
 // them.
 func (h *authHook) recheck(dev string) {
 	h.mu.Lock()
-	clients := make(map[*mqtt.Client]string, len(h.conns[dev]))
-	for cl, cred := range h.conns[dev] {
-		clients[cl] = cred
-	}
+	clients := slices.Clone(h.conns[dev])
 	h.mu.Unlock()
 	sa := h.auth.(SessionAuthenticator)
-	for cl, cred := range clients {
+	for _, t := range clients {
+		cl, cred := t.cl, t.cred
 		if cl.Closed() {
 			h.untrack(dev, cl)
 			continue

@@ -113,6 +113,9 @@ type entry struct {
 	// token or a type this binary does not know: parsed once on apply so a
 	// reconnecting fleet does not parse PEM on every CONNECT.
 	keys []crypto.PublicKey
+	// refs[i] is dev.Credentials[i].ref(), computed once on apply: every
+	// session of the device shares these strings instead of its own copy.
+	refs []string
 }
 
 // New validates cfg, connects to Kafka, makes sure the topic exists with a
@@ -269,7 +272,7 @@ func (r *Registry) apply(rec *kgo.Record) {
 	case rec.Value == nil:
 		delete(r.devices, id)
 	case dev != nil:
-		r.devices[id] = &entry{dev: *dev, offset: rec.Offset, keys: keys}
+		r.devices[id] = &entry{dev: *dev, offset: rec.Offset, keys: keys, refs: credentialRefs(dev.Credentials)}
 	}
 	if rec.Offset+1 > r.applied {
 		r.applied = rec.Offset + 1
@@ -380,8 +383,9 @@ func (r *Registry) AuthenticateSession(deviceID string, password []byte) (Sessio
 	e, ok := r.devices[deviceID]
 	var dev Device
 	var keys []crypto.PublicKey
+	var refs []string
 	if ok {
-		dev, keys = e.dev, e.keys // read-only below; no clone needed on this hot path
+		dev, keys, refs = e.dev, e.keys, e.refs // read-only below; no clone needed on this hot path
 	}
 	r.mu.RUnlock()
 	if !ok {
@@ -407,7 +411,7 @@ func (r *Registry) AuthenticateSession(deviceID string, password []byte) (Sessio
 	if dev.Blocked {
 		return Session{}, fmt.Errorf("%w: %s", ErrBlocked, deviceID)
 	}
-	s.Credential = dev.Credentials[idx].ref()
+	s.Credential = refs[idx]
 	return s, nil
 }
 

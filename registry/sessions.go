@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
+	"slices"
 	"sync"
 	"time"
 )
@@ -45,13 +46,20 @@ func (r *Registry) SessionValid(deviceID, credential string) bool {
 	if !ok || e.dev.Blocked {
 		return false
 	}
-	now := r.now()
-	for _, c := range e.dev.Credentials {
-		if c.ref() == credential {
-			return c.ExpiresAt.IsZero() || now.Before(c.ExpiresAt)
-		}
+	i := slices.Index(e.refs, credential)
+	if i < 0 {
+		return false
 	}
-	return false
+	exp := e.dev.Credentials[i].ExpiresAt
+	return exp.IsZero() || r.now().Before(exp)
+}
+
+func credentialRefs(creds []Credential) []string {
+	refs := make([]string, len(creds))
+	for i, c := range creds {
+		refs[i] = c.ref()
+	}
+	return refs
 }
 
 // watchers are the functions Watch registered.
