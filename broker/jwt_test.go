@@ -7,10 +7,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
-	"crypto/sha256"
 	"crypto/x509"
-	"encoding/base64"
-	"encoding/json"
 	"encoding/pem"
 	"testing"
 	"time"
@@ -21,6 +18,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/iotpipe/iotpipe/ingest"
+	"github.com/iotpipe/iotpipe/internal/testjwt"
 	"github.com/iotpipe/iotpipe/registry"
 )
 
@@ -98,33 +96,11 @@ func (e *jwtEnv) addKey(t *testing.T, id string, typ registry.CredentialType, pu
 // (ES256) private key, as a device does.
 func signJWT(t *testing.T, key crypto.Signer, aud string, iat, exp time.Time) string {
 	t.Helper()
-	alg := "RS256"
-	if _, ok := key.(*ecdsa.PrivateKey); ok {
-		alg = "ES256"
+	jwt, err := testjwt.Sign(testjwt.AlgFor(key), key, map[string]any{"aud": aud, "iat": iat.Unix(), "exp": exp.Unix()})
+	if err != nil {
+		t.Fatal(err)
 	}
-	enc := base64.RawURLEncoding.EncodeToString
-	h, _ := json.Marshal(map[string]string{"alg": alg, "typ": "JWT"})
-	c, _ := json.Marshal(map[string]any{"aud": aud, "iat": iat.Unix(), "exp": exp.Unix()})
-	in := enc(h) + "." + enc(c)
-	d := sha256.Sum256([]byte(in))
-	var sig []byte
-	switch k := key.(type) {
-	case *rsa.PrivateKey:
-		s, err := rsa.SignPKCS1v15(rand.Reader, k, crypto.SHA256, d[:])
-		if err != nil {
-			t.Fatal(err)
-		}
-		sig = s
-	case *ecdsa.PrivateKey:
-		r, s, err := ecdsa.Sign(rand.Reader, k, d[:])
-		if err != nil {
-			t.Fatal(err)
-		}
-		sig = make([]byte, 64)
-		r.FillBytes(sig[:32])
-		s.FillBytes(sig[32:])
-	}
-	return in + "." + enc(sig)
+	return jwt
 }
 
 // A device that ran Google's samples: Paho, Cloud IoT Core client id, any

@@ -4,20 +4,19 @@ import (
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
-	"crypto/hmac"
 	"crypto/rand"
 	"crypto/rsa"
-	"crypto/sha256"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/base64"
-	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"math/big"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/iotpipe/iotpipe/internal/testjwt"
 )
 
 const testAud = "my-project"
@@ -48,33 +47,11 @@ func b64(b []byte) string { return base64.RawURLEncoding.EncodeToString(b) }
 // *ecdsa private key, or []byte for HS256).
 func sign(t testing.TB, alg string, key any, claims map[string]any) string {
 	t.Helper()
-	h, _ := json.Marshal(map[string]string{"alg": alg, "typ": "JWT"})
-	c, _ := json.Marshal(claims)
-	in := b64(h) + "." + b64(c)
-	d := sha256.Sum256([]byte(in))
-	var sig []byte
-	switch k := key.(type) {
-	case *rsa.PrivateKey:
-		s, err := rsa.SignPKCS1v15(rand.Reader, k, crypto.SHA256, d[:])
-		if err != nil {
-			t.Fatal(err)
-		}
-		sig = s
-	case *ecdsa.PrivateKey:
-		r, s, err := ecdsa.Sign(rand.Reader, k, d[:])
-		if err != nil {
-			t.Fatal(err)
-		}
-		sig = make([]byte, 64)
-		r.FillBytes(sig[:32])
-		s.FillBytes(sig[32:])
-	case []byte:
-		m := hmac.New(sha256.New, k)
-		m.Write([]byte(in))
-		sig = m.Sum(nil)
-	case nil:
+	jwt, err := testjwt.Sign(alg, key, claims)
+	if err != nil {
+		t.Fatal(err)
 	}
-	return in + "." + b64(sig)
+	return jwt
 }
 
 func claims(aud any, iat, exp time.Time) map[string]any {

@@ -4,10 +4,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/sha256"
 	"crypto/x509"
-	"encoding/base64"
-	"encoding/json"
 	"encoding/pem"
 	"fmt"
 	"os"
@@ -17,6 +14,8 @@ import (
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/iotpipe/iotpipe/internal/testjwt"
 )
 
 // e2eJWTAudience is the --jwt-audience TestEndToEnd starts iotpipe with.
@@ -79,17 +78,9 @@ func checkJWTCLI(t *testing.T, p *pipeline) string {
 
 func es256JWT(t *testing.T, key *ecdsa.PrivateKey, claims map[string]any) string {
 	t.Helper()
-	enc := base64.RawURLEncoding.EncodeToString
-	h, _ := json.Marshal(map[string]string{"alg": "ES256", "typ": "JWT"})
-	c, _ := json.Marshal(claims)
-	in := enc(h) + "." + enc(c)
-	d := sha256.Sum256([]byte(in))
-	r, s, err := ecdsa.Sign(rand.Reader, key, d[:])
+	jwt, err := testjwt.Sign("ES256", key, claims)
 	if err != nil {
 		t.Fatal(err)
 	}
-	sig := make([]byte, 64)
-	r.FillBytes(sig[:32])
-	s.FillBytes(sig[32:])
-	return in + "." + enc(sig)
+	return jwt
 }
