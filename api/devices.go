@@ -66,12 +66,18 @@ func (s *Server) addCredential(w http.ResponseWriter, r *http.Request) {
 		s.registryError(w, err)
 		return
 	}
+	s.writeDevice(w, http.StatusCreated, id)
+}
+
+// writeDevice answers with the device as this instance now holds it (after
+// a write, which was applied here before the registry call returned).
+func (s *Server) writeDevice(w http.ResponseWriter, status int, id string) {
 	d, err := s.cfg.Registry.Get(id)
 	if err != nil {
 		s.registryError(w, err)
 		return
 	}
-	writeJSON(w, http.StatusCreated, toDeviceJSON(d))
+	writeJSON(w, status, toDeviceJSON(d))
 }
 
 func (s *Server) removeCredential(w http.ResponseWriter, r *http.Request) {
@@ -97,12 +103,7 @@ func (s *Server) setBlocked(blocked bool) http.HandlerFunc {
 			s.registryError(w, err)
 			return
 		}
-		d, err := s.cfg.Registry.Get(id)
-		if err != nil {
-			s.registryError(w, err)
-			return
-		}
-		writeJSON(w, http.StatusOK, toDeviceJSON(d))
+		s.writeDevice(w, http.StatusOK, id)
 	}
 }
 
@@ -200,12 +201,7 @@ func (s *Server) updateDevice(w http.ResponseWriter, r *http.Request) {
 		s.registryError(w, err)
 		return
 	}
-	d, err = s.cfg.Registry.Get(id)
-	if err != nil {
-		s.registryError(w, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, toDeviceJSON(d))
+	s.writeDevice(w, http.StatusOK, id)
 }
 
 func (s *Server) deleteDevice(w http.ResponseWriter, r *http.Request) {

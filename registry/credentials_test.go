@@ -20,7 +20,8 @@ import (
 
 const aud = "my-project"
 
-// startJWT is start with a JWT audience.
+// startJWT makes a Registry on seeds/topic accepting JWTs for audience
+// (none when empty), runs it until the test ends and waits until it caught up.
 func startJWT(t *testing.T, seeds []string, topic, audience string) *registry.Registry {
 	t.Helper()
 	r, err := registry.New(registry.Config{Kafka: []kgo.Opt{kgo.SeedBrokers(seeds...)}, Topic: topic,

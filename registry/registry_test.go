@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/rs/zerolog"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 
@@ -32,28 +31,7 @@ func ctxT(t *testing.T) context.Context {
 // waits until it caught up.
 func start(t *testing.T, seeds []string, topic string) *registry.Registry {
 	t.Helper()
-	r, err := registry.New(registry.Config{
-		Kafka:  []kgo.Opt{kgo.SeedBrokers(seeds...)},
-		Topic:  topic,
-		Logger: zerolog.Nop(),
-	})
-	if err != nil {
-		t.Fatalf("New: %v", err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- r.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-		r.Close()
-	})
-	if err := r.WaitReady(ctxT(t)); err != nil {
-		t.Fatalf("WaitReady: %v", err)
-	}
-	return r
+	return startJWT(t, seeds, topic, "")
 }
 
 func setup(t *testing.T) ([]string, string) {
