@@ -23,6 +23,7 @@ import (
 	"github.com/iotpipe/iotpipe/api"
 	"github.com/iotpipe/iotpipe/ingest"
 	"github.com/iotpipe/iotpipe/internal/bus"
+	"github.com/iotpipe/iotpipe/registry"
 	"github.com/iotpipe/iotpipe/simulator"
 )
 
@@ -146,10 +147,7 @@ func runDevices(ctx context.Context, args []string, stdout, stderr io.Writer) er
 			if err != nil {
 				return err
 			}
-			if lab == nil {
-				lab = map[string]string{}
-			}
-			u.Labels = &lab
+			u.Labels = &lab // never nil: "" clears every label
 		}
 		d, err := cl.UpdateDevice(ctx, id, u)
 		if err != nil {
@@ -310,24 +308,14 @@ func runQuery(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	return tw.Flush()
 }
 
-// parseLabels reads "k=v,k2=v2" ("" is none); the server validates keys
-// and values.
+// parseLabels reads "k=v,k2=v2" ("" is none) with the registry's own
+// selector parser, so a bad key is refused before any request.
 func parseLabels(s string) (map[string]string, error) {
-	var out map[string]string
-	for _, pair := range strings.Split(s, ",") {
-		if pair = strings.TrimSpace(pair); pair == "" {
-			continue
-		}
-		k, v, ok := strings.Cut(pair, "=")
-		if !ok {
-			return nil, fmt.Errorf("--labels: %q is not key=value", pair)
-		}
-		if out == nil {
-			out = map[string]string{}
-		}
-		out[strings.TrimSpace(k)] = strings.TrimSpace(v)
+	sel, err := registry.ParseSelector(s)
+	if err != nil {
+		return nil, fmt.Errorf("--labels: %w", err)
 	}
-	return out, nil
+	return sel, nil
 }
 
 func formatLabels(m map[string]string) string {
