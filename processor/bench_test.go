@@ -7,6 +7,7 @@ import (
 	"os"
 	"strconv"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -126,7 +127,7 @@ func BenchmarkProcessor(b *testing.B) {
 	}
 
 	run := func(b *testing.B, sink Sink, stored func() int64) {
-		var raw, proc, fresh float64
+		var raw, proc, fresh, cores float64
 		iter := 0
 		for b.Loop() {
 			iter++
@@ -158,14 +159,16 @@ func BenchmarkProcessor(b *testing.B) {
 				}
 				time.Sleep(100 * time.Microsecond) // polling a counter, not synchronising
 			}
-			start := time.Now()
+			start, cpu0 := time.Now(), cpuTime(b)
 			for stored()-before < readings {
 				if time.Now().After(deadline) {
 					b.Fatalf("stored %d of %d readings", stored()-before, readings)
 				}
 				time.Sleep(time.Millisecond) // polling a counter, not synchronising
 			}
-			proc += float64(readings) / time.Since(start).Seconds()
+			elapsed := time.Since(start)
+			proc += float64(readings) / elapsed.Seconds()
+			cores += (cpuTime(b) - cpu0).Seconds() / elapsed.Seconds()
 			cancel()
 			if err := <-done; err != nil {
 				b.Fatal(err)
@@ -176,6 +179,7 @@ func BenchmarkProcessor(b *testing.B) {
 		b.ReportMetric(proc/float64(iter), "readings/s")
 		b.ReportMetric(proc/raw, "ratio-to-raw")
 		b.ReportMetric(fresh, "freshness-p99-s")
+		b.ReportMetric(cores/float64(iter), "cpu-cores")
 	}
 
 	b.Run("sink=discard", func(b *testing.B) {
@@ -193,6 +197,16 @@ func BenchmarkProcessor(b *testing.B) {
 		c := &countSink{Sink: st}
 		run(b, c, c.readings.Load)
 	})
+}
+
+// cpuTime is the process's user+system CPU time so far (everything in the
+// process: kfake, the Kafka client, the processor and chDB).
+func cpuTime(b *testing.B) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // p99 returns the upper bound of the bucket holding the 99th percentile of

@@ -13,7 +13,9 @@
 //
 // Storage writes overlap consumption: the poll loop seals rows and
 // checkpoints into batches (see batch) and one writer goroutine stores and
-// commits them in order (see writer.go).
+// commits them in order (see writer.go). Fetching overlaps processing too:
+// the loop polls the next records while the current ones are processed
+// (see processPollingAhead).
 //
 //	p, err := processor.New(processor.Config{Kafka: []kgo.Opt{kgo.SeedBrokers(seeds...)}, Sink: store, ...})
 //	if err != nil { ... }
@@ -63,8 +65,8 @@ type Config struct {
 	// polls no more records, keeps storing and committing what is final, and
 	// lets idle advance (IdleTimeout without records) close windows by wall
 	// clock, then resumes. Nothing is dropped or force-closed, so exactly-once
-	// holds; the cap is checked before each poll, so one poll's records may
-	// exceed it.
+	// holds; the cap is checked before each poll, so the records of the
+	// poll being processed and the one polled ahead may exceed it.
 	MaxOpenWindows int
 	Sink           Sink // required
 	Logger         zerolog.Logger
@@ -85,7 +87,10 @@ type Processor struct {
 	commitMu    sync.Mutex   // guards partition.gone and .committed; held while committing
 	retryCommit atomic.Bool  // a commit failed: seal the next flush even if nothing changed
 	rows        atomic.Int64 // pending windows + readings over all partitions (workers add)
-	stalled     atomic.Int64 // ns the poll loop waited for the writer (see clock)
+	// rebalanceWaiting: a rebalance waits for our polled records to be
+	// processed; stop polling ahead so it can run.
+	rebalanceWaiting atomic.Bool
+	stalled          atomic.Int64 // ns the poll loop waited for the writer (see clock)
 
 	mu        sync.Mutex // guards everything below; held by the poll loop and the rebalance callbacks
 	parts     map[int32]*partition
@@ -164,6 +169,7 @@ func New(cfg Config) (*Processor, error) {
 		kgo.OnPartitionsAssigned(p.onAssigned),
 		kgo.OnPartitionsRevoked(p.onRevoked),
 		kgo.OnPartitionsLost(p.onLost),
+		kgo.OnPartitionsCallbackBlocked(func(context.Context, *kgo.Client) { p.rebalanceWaiting.Store(true) }),
 	)
 	// The consumer group starts inside NewClient, so a rebalance callback
 	// can run before p.cl is set: callbacks wait for clSet.
@@ -270,11 +276,19 @@ func (p *Processor) Run(ctx context.Context) error {
 
 func (p *Processor) run(ctx context.Context) error {
 	tick := min(p.cfg.FlushInterval, p.cfg.IdleTimeout)
+	// next holds records polled while the previous poll's were processed.
+	// Rebalances stay blocked while we hold them (BlockRebalanceOnPoll), so
+	// the partitions they belong to are still ours when they are processed.
+	var next kgo.Fetches
+	// Records still held when we stop are dropped (never committed: the
+	// next owner replays them); the client must not keep blocking
+	// rebalances for them, or leaving the group would wait forever.
+	defer p.cl.AllowRebalance()
 	for ctx.Err() == nil {
 		if err := p.w.failed(); err != nil {
 			return err
 		}
-		if p.open >= p.cfg.MaxOpenWindows {
+		if p.open >= p.cfg.MaxOpenWindows && next.NumRecords() == 0 {
 			// Full: fetch nothing until windows close (see MaxOpenWindows).
 			p.m.paused.Set(1)
 			select {
@@ -290,32 +304,71 @@ func (p *Processor) run(ctx context.Context) error {
 			continue
 		}
 		p.m.paused.Set(0)
-		pollCtx, cancel := context.WithTimeout(ctx, tick)
-		fs := p.cl.PollRecords(pollCtx, p.cfg.MaxBatchRows)
-		cancel()
+		fs := next
+		next = nil
+		if fs.NumRecords() == 0 {
+			pollCtx, cancel := context.WithTimeout(ctx, tick)
+			fs = p.cl.PollRecords(pollCtx, p.cfg.MaxBatchRows)
+			cancel()
+		}
 		if fs.IsClientClosed() {
 			return errors.New("processor: kafka client closed")
 		}
-		fs.EachError(func(t string, part int32, err error) {
-			if !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) {
-				p.log.Warn().Err(err).Str("topic", t).Int32("partition", part).Msg("fetch")
-			}
-		})
+		p.logFetchErrors(fs)
 		p.mu.Lock()
 		err := p.fatal
 		if err == nil {
-			err = p.process(ctx, fs)
+			next, err = p.processPollingAhead(ctx, fs)
 		}
 		if err == nil {
 			err = p.maybeFlush(ctx, false)
 		}
 		p.mu.Unlock()
-		p.cl.AllowRebalance()
+		if next.NumRecords() == 0 {
+			p.rebalanceWaiting.Store(false)
+			p.cl.AllowRebalance()
+		}
 		if err != nil && ctx.Err() == nil {
 			return err
 		}
 	}
 	return nil
+}
+
+func (p *Processor) logFetchErrors(fs kgo.Fetches) {
+	fs.EachError(func(t string, part int32, err error) {
+		if !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) {
+			p.log.Warn().Err(err).Str("topic", t).Int32("partition", part).Msg("fetch")
+		}
+	})
+}
+
+// processPollingAhead processes fs and, meanwhile, polls the next records
+// (returned, to be processed next). The Kafka client fetches from a broker
+// only after the previous fetch was polled, so polling ahead is what keeps
+// fetching (and decoding the fetch) running in parallel with processing;
+// otherwise the two take turns and half the machine idles. It does not poll
+// ahead when a rebalance is waiting for us or the context is done. The poll
+// returns early, empty, when processing is finished first. Called with p.mu
+// held; rebalances are blocked because fs came from a poll.
+func (p *Processor) processPollingAhead(ctx context.Context, fs kgo.Fetches) (kgo.Fetches, error) {
+	if fs.NumRecords() == 0 || p.rebalanceWaiting.Load() || ctx.Err() != nil || p.open >= p.cfg.MaxOpenWindows {
+		return nil, p.process(ctx, fs)
+	}
+	pollCtx, cancel := context.WithTimeout(ctx, min(p.cfg.FlushInterval, p.cfg.IdleTimeout))
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		done <- p.process(ctx, fs)
+		cancel() // nothing fetched yet: stop waiting, the loop polls again
+	}()
+	next := p.cl.PollRecords(pollCtx, p.cfg.MaxBatchRows)
+	err := <-done
+	if next.IsClientClosed() {
+		return nil, errors.New("processor: kafka client closed")
+	}
+	p.logFetchErrors(next)
+	return next, err
 }
 
 // process runs one poll's records through decoding and the partitions'
