@@ -308,7 +308,7 @@ func (p *Processor) run(ctx context.Context) error {
 		next = nil
 		if fs.NumRecords() == 0 {
 			pollCtx, cancel := context.WithTimeout(ctx, tick)
-			fs = p.cl.PollRecords(pollCtx, p.cfg.MaxBatchRows)
+			fs = p.cl.PollFetches(pollCtx)
 			cancel()
 		}
 		if fs.IsClientClosed() {
@@ -362,7 +362,7 @@ func (p *Processor) processPollingAhead(ctx context.Context, fs kgo.Fetches) (kg
 		done <- p.process(ctx, fs)
 		cancel() // nothing fetched yet: stop waiting, the loop polls again
 	}()
-	next := p.cl.PollRecords(pollCtx, p.cfg.MaxBatchRows)
+	next := p.cl.PollFetches(pollCtx)
 	err := <-done
 	if next.IsClientClosed() {
 		return nil, errors.New("processor: kafka client closed")
