@@ -135,7 +135,7 @@ func BenchmarkProcessor(b *testing.B) {
 			reg := prometheus.NewRegistry()
 			p, err := New(Config{Kafka: []kgo.Opt{kgo.SeedBrokers(seeds...)}, Topics: topics,
 				Group: fmt.Sprintf("%s.bench.%s.%d", topics.Telemetry, b.Name(), iter), WindowSizes: sizes,
-				IdleTimeout: time.Hour, Sink: sink, Logger: zerolog.Nop(), Metrics: reg})
+				IdleTimeout: time.Hour, MaxBatchRows: benchBatchRows(), Sink: sink, Logger: zerolog.Nop(), Metrics: reg})
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -235,4 +235,9 @@ func p99(b *testing.B, reg *prometheus.Registry, name string) float64 {
 	}
 	b.Fatalf("metric %s not found", name)
 	return 0
+}
+
+func benchBatchRows() int {
+	n, _ := strconv.Atoi(os.Getenv("IOTPIPE_BENCH_BATCH_ROWS"))
+	return n
 }
