@@ -76,7 +76,15 @@ func BenchmarkProcessor(b *testing.B) {
 	topics := bus.TopicNames(testkafka.Prefix(b))
 	cl := testkafka.Client(b, seeds, kgo.ProducerLinger(5*time.Millisecond), kgo.MaxBufferedRecords(100_000))
 	ctx := context.Background()
-	if err := bus.EnsureTopics(ctx, cl, topics.Specs(2), 1); err != nil {
+	partitions := int32(6) // iotpipe's default --partitions
+	if s := os.Getenv("IOTPIPE_BENCH_PARTITIONS"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil {
+			b.Fatal(err)
+		}
+		partitions = int32(n)
+	}
+	if err := bus.EnsureTopics(ctx, cl, topics.Specs(partitions), 1); err != nil {
 		b.Fatal(err)
 	}
 	testkafka.WaitTopic(b, seeds, topics.Telemetry)
