@@ -28,6 +28,11 @@ type Device struct {
 	// Labels are key/value metadata (site, floor, model...) that dashboards
 	// select devices by; see ValidateLabels for the rules.
 	Labels map[string]string `json:"labels,omitempty"`
+	// Configs are the kept config versions, oldest first; empty until the
+	// first SetConfig or ack (see config.go).
+	Configs []ConfigVersion `json:"configs,omitempty"`
+	// LastConfigAckTime is the latest device acknowledgement of a config.
+	LastConfigAckTime time.Time `json:"last_config_ack_time,omitzero"`
 }
 
 // Spec is what a caller chooses when creating a device.
@@ -74,11 +79,14 @@ const recordVersion = 1
 // tombstone (nil value) deletes it.
 type record struct {
 	Version int `json:"v"`
+	// Rev is the device's revision (revisions.go); 0 in records written
+	// before revisions existed.
+	Rev uint64 `json:"rev,omitempty"`
 	Device
 }
 
-func encodeRecord(d Device) ([]byte, error) {
-	b, err := json.Marshal(record{Version: recordVersion, Device: d})
+func encodeRecord(d Device, rev uint64) ([]byte, error) {
+	b, err := json.Marshal(record{Version: recordVersion, Rev: rev, Device: d})
 	if err != nil {
 		return nil, fmt.Errorf("encode device %s: %w", d.ID, err)
 	}
@@ -99,6 +107,7 @@ func decodeRecord(b []byte) (record, error) {
 func (d Device) clone() Device {
 	d.Labels = maps.Clone(d.Labels)
 	d.Credentials = slices.Clone(d.Credentials)
+	d.Configs = slices.Clone(d.Configs) // ConfigVersion.Data is never modified in place
 	for i := range d.Credentials {
 		d.Credentials[i].TokenSHA256 = slices.Clone(d.Credentials[i].TokenSHA256)
 	}

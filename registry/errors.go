@@ -16,4 +16,11 @@ var (
 	ErrInvalidCredential = errors.New("invalid credential")
 	// ErrTooManyCredentials: the device already holds MaxCredentials.
 	ErrTooManyCredentials = errors.New("too many credentials")
+	// ErrConfigVersionMismatch: a config write expected a version that is
+	// no longer (or not yet) the latest.
+	ErrConfigVersionMismatch = errors.New("config version mismatch")
+	// ErrConfigTooLarge: a config above MaxConfigBytes.
+	ErrConfigTooLarge = errors.New("config too large")
+	// ErrInvalidConfig: a config write with bad parameters.
+	ErrInvalidConfig = errors.New("invalid config")
 )

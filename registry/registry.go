@@ -20,21 +20,11 @@
 //
 // # Concurrent writers
 //
-// The topic is last-write-wins per key, and compaction keeps only the last
-// record of each key. Create checks for an existing id in this instance's
-// applied state, which catches everything this instance has seen, but two
-// instances creating the same id at the same moment can both pass the check:
-// both records land, the later one wins on every instance, and the earlier
-// caller holds a token that no longer works. A check on the applied state
-// cannot close this window, and neither can followers that ignore the second
-// "create": compaction would later delete the first record and keep the
-// ignored one, so a restarted instance would disagree with the running ones.
-// Create narrows the window by re-checking after its own record was applied
-// (if another record for the id was applied after ours, ours lost and Create
-// returns ErrExists). Closing it fully needs one writer per key (e.g. the API
-// forwarding writes to a single elected instance) or Kafka transactions with
-// a fencing epoch; device creation is a rare admin action, so this is
-// documented rather than built.
+// Every record carries a revision, and followers refuse a record that lost a
+// race with one applied before it, so concurrent writes of one device through
+// different instances are decided identically everywhere; the loser retries on
+// the new state (or, for Create, reports ErrExists). See revisions.go, which
+// also covers what compaction does to a losing record.
 package registry
 
 import (
@@ -99,16 +89,19 @@ type Registry struct {
 	devices map[string]*entry
 	applied int64         // offset after the last applied record
 	changed chan struct{} // closed and replaced whenever applied advances
+	refused refusals      // records that lost a concurrent write (revisions.go)
 
 	noAudLogged atomic.Int64 // unix second of the last "no JWT audience" log line
 
 	watch watchers // see Watch
 }
 
-// entry is an applied device plus the offset of the record it came from.
+// entry is an applied device plus the offset and revision of the record it
+// came from.
 type entry struct {
 	dev    Device
 	offset int64
+	rev    uint64 // see revisions.go
 	// keys[i] is the parsed public key of dev.Credentials[i], nil for a
 	// token or a type this binary does not know: parsed once on apply so a
 	// reconnecting fleet does not parse PEM on every CONNECT.
@@ -250,6 +243,7 @@ func (r *Registry) Run(ctx context.Context) error {
 func (r *Registry) apply(rec *kgo.Record) {
 	id := string(rec.Key)
 	var dev *Device
+	var rev uint64
 	var keys []crypto.PublicKey
 	if rec.Value != nil {
 		d, err := decodeRecord(rec.Value)
@@ -262,7 +256,7 @@ func (r *Registry) apply(rec *kgo.Record) {
 			if d.Version > recordVersion {
 				r.log.Warn().Int("version", d.Version).Int64("offset", rec.Offset).Str("device", id).Msg("registry record is newer than this binary; unknown fields ignored")
 			}
-			dev = &d.Device
+			dev, rev = &d.Device, d.Rev
 			keys = r.parseKeys(dev, rec.Offset)
 		}
 	}
@@ -271,8 +265,12 @@ func (r *Registry) apply(rec *kgo.Record) {
 	switch {
 	case rec.Value == nil:
 		delete(r.devices, id)
+	case dev != nil && !accepts(r.devices[id], rev):
+		r.log.Debug().Int64("offset", rec.Offset).Str("device", id).Uint64("rev", rev).Msg("registry record lost a concurrent write; ignored")
+		r.refused.add(rec.Offset)
+		dev = nil
 	case dev != nil:
-		r.devices[id] = &entry{dev: *dev, offset: rec.Offset, keys: keys, refs: credentialRefs(dev.Credentials)}
+		r.devices[id] = &entry{dev: *dev, offset: rec.Offset, rev: rev, keys: keys, refs: credentialRefs(dev.Credentials)}
 	}
 	if rec.Offset+1 > r.applied {
 		r.applied = rec.Offset + 1
@@ -460,17 +458,14 @@ func (r *Registry) Create(ctx context.Context, spec Spec) (Device, string, error
 	if len(dev.Labels) == 0 {
 		dev.Labels = nil
 	}
-	off, err := r.write(ctx, id, &dev)
+	off, err := r.write(ctx, id, &dev, 1)
 	if err != nil {
 		return Device{}, "", err
 	}
-	// Another instance may have written the same id right after us; then
-	// ours is not what the registry holds and the token would not work.
-	r.mu.RLock()
-	e, ok := r.devices[id]
-	lost := !ok || e.offset != off
-	r.mu.RUnlock()
-	if lost {
+	// Another instance may have created the same id just before us; then
+	// every follower refused ours (revisions.go) and the token would not work.
+	if !r.won(id, off) {
+		r.reassert(id)
 		return Device{}, "", fmt.Errorf("%w: %s (created concurrently elsewhere)", ErrExists, id)
 	}
 	return dev.clone(), token, nil
@@ -482,7 +477,7 @@ func (r *Registry) Delete(ctx context.Context, id string) error {
 	if _, err := r.Get(id); err != nil {
 		return err
 	}
-	_, err := r.write(ctx, id, nil)
+	_, err := r.write(ctx, id, nil, 0)
 	return err
 }
 
@@ -507,30 +502,19 @@ func (r *Registry) SetMetadata(ctx context.Context, id, name string, labels map[
 	return r.update(ctx, id, func(d *Device) bool { d.Name, d.Labels = name, labels; return true })
 }
 
-// update applies fn to the current device and writes the result. It is a
-// read-modify-write against this instance's applied state: concurrent
-// updates of one device through different instances can lose one of them
-// (last write wins), which is acceptable for admin actions.
-// fn returns false to write nothing.
+// update applies fn to the current device and writes the result, setting
+// UpdatedAt. fn returns false to write nothing. See updateRev for how
+// concurrent writers are resolved.
 func (r *Registry) update(ctx context.Context, id string, fn func(*Device) bool) error {
-	dev, err := r.Get(id)
-	if err != nil {
-		return err
-	}
-	if !fn(&dev) {
-		return nil
-	}
-	dev.UpdatedAt = r.now().UTC()
-	_, err = r.write(ctx, id, &dev)
-	return err
+	return r.updateRev(ctx, id, true, fn)
 }
 
-// write produces the device record (nil: tombstone) and waits until this
-// instance applied it, returning its offset.
-func (r *Registry) write(ctx context.Context, id string, dev *Device) (int64, error) {
+// write produces the device record (nil: tombstone) with revision rev and
+// waits until this instance applied it, returning its offset.
+func (r *Registry) write(ctx context.Context, id string, dev *Device, rev uint64) (int64, error) {
 	rec := &kgo.Record{Topic: r.cfg.Topic, Partition: 0, Key: []byte(id)}
 	if dev != nil {
-		b, err := encodeRecord(*dev)
+		b, err := encodeRecord(*dev, rev)
 		if err != nil {
 			return 0, fmt.Errorf("registry: %w", err)
 		}
