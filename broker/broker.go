@@ -12,6 +12,8 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
+
+	"github.com/iotpipe/iotpipe/internal/bus"
 )
 
 // Authenticator checks a device's access token. It returns nil, or an error
@@ -42,6 +44,10 @@ type Config struct {
 	TCPAddr   string        `yaml:"tcp_addr"` // default DefaultTCPAddr; "127.0.0.1:0" picks a free port
 	Auth      Authenticator `yaml:"-"`
 	Forwarder Forwarder     `yaml:"-"` // normally *ingest.Forwarder
+	// StateTopic is the Kafka topic device state (/devices/D/state) goes
+	// to, normally bus.TopicNames(p).State; events go to the forwarder's
+	// own topic. Default iot.state.
+	StateTopic string `yaml:"state_topic"`
 	// MaxInflightPerClient bounds the messages of one connection waiting for
 	// Kafka; a further PUBLISH blocks that connection's reader. Also sent
 	// to v5 clients as Receive Maximum.
@@ -90,6 +96,9 @@ const headroom = 64 << 10
 func New(cfg Config) (*Broker, error) {
 	if cfg.Auth == nil || cfg.Forwarder == nil {
 		return nil, errors.New("broker: Auth and Forwarder are required")
+	}
+	if cfg.StateTopic == "" {
+		cfg.StateTopic = bus.TopicNames(bus.DefaultPrefix).State
 	}
 	if cfg.TCPAddr == "" {
 		cfg.TCPAddr = DefaultTCPAddr
@@ -156,7 +165,7 @@ func New(cfg Config) (*Broker, error) {
 	srv := mqtt.New(opts)
 
 	m := newMetrics(cfg.Metrics, srv)
-	fwd := newForwardHook(srv, cfg.Forwarder, cfg.MaxInflightPerClient, cfg.MaxPayloadBytes, m, log)
+	fwd := newForwardHook(srv, cfg.Forwarder, cfg.MaxInflightPerClient, cfg.MaxPayloadBytes, cfg.StateTopic, m, log)
 	auth := &authHook{auth: cfg.Auth, m: m, draining: fwd.isDraining, log: log}
 	hooks := []mqtt.Hook{
 		auth,

@@ -311,6 +311,7 @@ type forwardHook struct {
 	fw          Forwarder
 	maxInflight int
 	maxPayload  int
+	stateTopic  string
 	m           *metrics
 	log         zerolog.Logger
 
@@ -339,9 +340,9 @@ type inflight struct {
 	result chan error // buffered 1: the produce promise never blocks
 }
 
-func newForwardHook(srv *mqtt.Server, fw Forwarder, maxInflight, maxPayload int, m *metrics, log zerolog.Logger) *forwardHook {
+func newForwardHook(srv *mqtt.Server, fw Forwarder, maxInflight, maxPayload int, stateTopic string, m *metrics, log zerolog.Logger) *forwardHook {
 	ctx, cancel := context.WithCancel(context.Background())
-	return &forwardHook{srv: srv, fw: fw, maxInflight: maxInflight, maxPayload: maxPayload, m: m, log: log,
+	return &forwardHook{srv: srv, fw: fw, maxInflight: maxInflight, maxPayload: maxPayload, stateTopic: stateTopic, m: m, log: log,
 		ctx: ctx, cancel: cancel, stop: make(chan struct{}), sessions: map[*mqtt.Client]*session{}}
 }
 
@@ -374,6 +375,9 @@ func (h *forwardHook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.
 // returns ErrRejectPacket so mochi neither acks, retains nor delivers it to
 // subscribers. The answer is written by the session's ack loop.
 func (h *forwardHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if cl.Net.Inline {
+		return pk, nil // the broker's own downlink (config): routed by mochi, never forwarded
+	}
 	if len(pk.Payload) > h.maxPayload {
 		h.m.rejected.WithLabelValues("too_large").Inc()
 		_ = h.srv.DisconnectClient(cl, packets.ErrPacketTooLarge)
@@ -398,13 +402,17 @@ func (h *forwardHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Pac
 	}
 	in := &inflight{id: pk.PacketID, qos: pk.FixedHeader.Qos, result: make(chan error, 1)}
 	s.queue <- in // never blocks: at most maxInflight entries hold a slot
-	h.fw.Forward(h.ctx, ingest.Message{
+	m := ingest.Message{
 		Device:      t.Device,
 		Topic:       pk.TopicName,
 		ContentType: pk.Properties.ContentType,
 		Payload:     pk.Payload, // mochi decoded it into a fresh slice; nothing else holds it
 		ReceivedAt:  time.Now(),
-	}, func(err error) { in.result <- err })
+	}
+	if t.Kind == kindState {
+		m.KafkaTopic = h.stateTopic // same path and PUBACK rule as telemetry, compacted topic
+	}
+	h.fw.Forward(h.ctx, m, func(err error) { in.result <- err })
 	return pk, packets.ErrRejectPacket
 }
 

@@ -77,6 +77,9 @@ type Message struct {
 	ContentType string    // MQTT 5 content type, may be empty
 	Payload     []byte    // forwarded untouched; must not be modified until done runs
 	ReceivedAt  time.Time // broker receive time
+	// KafkaTopic overrides Config.Topic for this message (the broker sends
+	// device state to the state topic); empty means Config.Topic.
+	KafkaTopic string
 }
 
 // Forwarder produces device messages to Kafka. It is safe for concurrent use.
@@ -179,7 +182,12 @@ func (f *Forwarder) Forward(ctx context.Context, m Message, done func(error)) {
 		done(ErrClosed)
 		return
 	}
+	topic := m.KafkaTopic
+	if topic == "" {
+		topic = f.topic
+	}
 	r := &kgo.Record{
+		Topic: topic,
 		Key:   []byte(m.Device),
 		Value: m.Payload,
 		Headers: []kgo.RecordHeader{
@@ -200,7 +208,7 @@ func (f *Forwarder) Forward(ctx context.Context, m Message, done func(error)) {
 		f.latency.Observe(time.Since(start).Seconds())
 		if err != nil {
 			f.failed.Inc()
-			done(fmt.Errorf("ingest: produce to %s: %w", f.topic, err))
+			done(fmt.Errorf("ingest: produce to %s: %w", topic, err))
 			return
 		}
 		f.produced.Inc()

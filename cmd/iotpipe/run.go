@@ -178,7 +178,7 @@ func (e *env) newBroker(reg *registry.Registry) (*broker.Broker, *ingest.Forward
 		return nil, nil, err
 	}
 	br, err := broker.New(broker.Config{
-		TCPAddr: e.o.mqttAddr, Auth: reg, Forwarder: fwd, MaxInflightPerClient: e.o.maxInflight,
+		TCPAddr: e.o.mqttAddr, Auth: reg, Forwarder: fwd, StateTopic: e.topics.State, MaxInflightPerClient: e.o.maxInflight,
 		MaxPayloadBytes: e.o.maxPayload, Logger: e.log, Metrics: e.metrics,
 	})
 	if err != nil {

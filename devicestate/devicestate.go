@@ -1,0 +1,148 @@
+// Package devicestate keeps the latest state each device reported, by
+// following the compacted state topic (iot.state: key = device id, value = the
+// payload the device published to /devices/D/state, headers as telemetry).
+// Every API instance reads all partitions from the start and keeps following,
+// as the registry follows its topic; there is no consumer group, so every
+// instance holds every device's latest state.
+//
+//	st, err := devicestate.New(devicestate.Config{Kafka: opts, Topic: "iot.state"})
+//	go st.Run(ctx)
+//	s, ok := st.Get("sensor-1")
+//
+// Memory: one payload per device that ever reported state, plus about 100
+// bytes. Payloads are bounded by the broker's max payload (256 KiB default)
+// and here by Config.MaxBytes; a device's state is replaced, never
+// accumulated. 10k devices with 1 KiB states cost about 11 MB per instance.
+package devicestate
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/iotpipe/iotpipe/internal/bus"
+)
+
+// DefaultMaxBytes is the largest state kept, the broker's default max payload.
+const DefaultMaxBytes = 256 << 10
+
+// Config configures a Store.
+type Config struct {
+	// Kafka are the base client options (at least kgo.SeedBrokers).
+	Kafka []kgo.Opt
+	// Topic is the state topic, normally bus.TopicNames(p).State.
+	Topic string
+	// MaxBytes: a larger state record (only a foreign writer could make
+	// one) is skipped and logged. Default DefaultMaxBytes.
+	MaxBytes int
+	Logger   zerolog.Logger
+}
+
+// State is a device's latest reported state.
+type State struct {
+	Data []byte
+	// UpdateTime is when the broker received it (the iot-received-at
+	// header), or the record's timestamp if the header is missing.
+	UpdateTime time.Time
+}
+
+// Store is the in-memory view of the state topic. Safe for concurrent use.
+type Store struct {
+	cfg Config
+	log zerolog.Logger
+	cl  *kgo.Client
+
+	mu     sync.RWMutex
+	states map[string]State
+}
+
+// New validates cfg and creates the consumer; Run reads.
+func New(cfg Config) (*Store, error) {
+	if cfg.Topic == "" {
+		return nil, errors.New("devicestate: Config.Topic is empty")
+	}
+	if len(cfg.Kafka) == 0 {
+		return nil, errors.New("devicestate: Config.Kafka has no options (at least kgo.SeedBrokers)")
+	}
+	if cfg.MaxBytes < 0 {
+		return nil, errors.New("devicestate: Config.MaxBytes must not be negative")
+	}
+	if cfg.MaxBytes == 0 {
+		cfg.MaxBytes = DefaultMaxBytes
+	}
+	cl, err := kgo.NewClient(append(slices.Clone(cfg.Kafka),
+		kgo.ConsumeTopics(cfg.Topic),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
+	)...)
+	if err != nil {
+		return nil, fmt.Errorf("devicestate: kafka client: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	if err := cl.Ping(ctx); err != nil {
+		cl.Close()
+		return nil, fmt.Errorf("devicestate: ping kafka: %w", err)
+	}
+	return &Store{cfg: cfg, log: cfg.Logger.With().Str("component", "devicestate").Str("topic", cfg.Topic).Logger(),
+		cl: cl, states: map[string]State{}}, nil
+}
+
+// Run follows the topic until ctx ends (then it returns nil). Close after.
+func (s *Store) Run(ctx context.Context) error {
+	for {
+		fs := s.cl.PollFetches(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if fs.IsClientClosed() {
+			return errors.New("devicestate: kafka client closed")
+		}
+		fs.EachError(func(_ string, p int32, err error) {
+			if !errors.Is(err, context.Canceled) {
+				s.log.Warn().Err(err).Int32("partition", p).Msg("fetch failed; retrying")
+			}
+		})
+		fs.EachRecord(s.apply)
+	}
+}
+
+func (s *Store) apply(r *kgo.Record) {
+	id := string(r.Key)
+	if r.Value != nil && len(r.Value) > s.cfg.MaxBytes {
+		s.log.Warn().Str("device", id).Int("bytes", len(r.Value)).Int("max", s.cfg.MaxBytes).Msg("state too large; skipped")
+		return
+	}
+	at := r.Timestamp.UTC()
+	if h := bus.Header(r, bus.HeaderReceivedAt); h != "" {
+		if t, err := bus.ParseMillis(h); err == nil {
+			at = t
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if r.Value == nil {
+		delete(s.states, id)
+		return
+	}
+	// Partitions are read concurrently but a key lives on one partition, in
+	// order, so the last applied record of a device is its latest state.
+	// Cloned: r.Value points into the fetch buffer, which would stay alive.
+	s.states[id] = State{Data: slices.Clone(r.Value), UpdateTime: at}
+}
+
+// Get returns the device's latest state, if it reported one.
+func (s *Store) Get(id string) (State, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	st, ok := s.states[id]
+	return st, ok // Data is never modified after apply
+}
+
+// Close releases the Kafka client. Run returns after Close.
+func (s *Store) Close() { s.cl.Close() }
