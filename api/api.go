@@ -10,7 +10,8 @@
 // GET. Errors are JSON {"error": "...", "code": "..."} with a deliberate
 // status: 400 for bad parameters, 401 for a missing or wrong token, 403 for
 // a write with the read token, 404 for an unknown device, 409 for a
-// duplicate, 503 when a dependency is down.
+// duplicate or a stale config version, 413 for a config above 64 KiB, 503
+// when a dependency is down.
 package api
 
 import (
@@ -26,15 +27,19 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/rs/zerolog"
 
+	"github.com/iotpipe/iotpipe/devicestate"
 	"github.com/iotpipe/iotpipe/registry"
 	"github.com/iotpipe/iotpipe/storage"
 )
 
 // Config configures the API server.
 type Config struct {
-	Addr       string // listen address, e.g. ":8080"; "127.0.0.1:0" picks a free port
-	Registry   *registry.Registry
-	Store      *storage.Store
+	Addr     string // listen address, e.g. ":8080"; "127.0.0.1:0" picks a free port
+	Registry *registry.Registry
+	Store    *storage.Store
+	// States, if set, serves GET /api/v1/devices/{id}/state and the
+	// devices' last_state_time; nil answers 503 there.
+	States     *devicestate.Store
 	AdminToken string // required: bearer token for /api/v1
 	// ReadToken, if set, is a second bearer token that may only read (GET):
 	// what a Grafana datasource should hold.
@@ -145,6 +150,10 @@ func (s *Server) routes() http.Handler {
 	v1.HandleFunc("DELETE /api/v1/devices/{id}/credentials/{index}", s.removeCredential)
 	v1.HandleFunc("POST /api/v1/devices/{id}/block", s.setBlocked(true))
 	v1.HandleFunc("POST /api/v1/devices/{id}/unblock", s.setBlocked(false))
+	v1.HandleFunc("POST /api/v1/devices/{id}/config", s.setConfig)
+	v1.HandleFunc("GET /api/v1/devices/{id}/config", s.getConfig)
+	v1.HandleFunc("GET /api/v1/devices/{id}/config/versions", s.configVersions)
+	v1.HandleFunc("GET /api/v1/devices/{id}/state", s.getState)
 	v1.HandleFunc("GET /api/v1/series", s.series)
 	v1.HandleFunc("GET /api/v1/summary", s.summary)
 	v1.HandleFunc("GET /api/v1/windows", s.windows)

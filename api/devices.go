@@ -22,6 +22,10 @@ type Device struct {
 	// Credentials in registry order: the index is what
 	// DELETE /api/v1/devices/{id}/credentials/{index} takes.
 	Credentials []Credential `json:"credentials"`
+	// Config is the latest config version (see config.go).
+	Config            ConfigSummary `json:"config"`
+	LastConfigAckTime time.Time     `json:"last_config_ack_time,omitzero"`
+	LastStateTime     time.Time     `json:"last_state_time,omitzero"`
 }
 
 // Credential describes one credential of a device, never its secret or key.
@@ -40,8 +44,10 @@ func toDeviceJSON(d registry.Device) Device {
 	for i, c := range d.Credentials {
 		creds[i] = Credential{Type: string(c.Type), CreatedAt: c.CreatedAt, ExpiresAt: c.ExpiresAt}
 	}
+	c := d.DeviceConfig()
 	return Device{ID: d.ID, Name: d.Name, Labels: labels, Blocked: d.Blocked, CreatedAt: d.CreatedAt, UpdatedAt: d.UpdatedAt,
-		Credentials: creds}
+		Credentials: creds, LastConfigAckTime: d.LastConfigAckTime,
+		Config: ConfigSummary{Version: c.Version, CloudUpdateTime: c.CloudUpdateTime, DeviceAckTime: c.DeviceAckTime}}
 }
 
 // NewCredential is the body of POST /api/v1/devices/{id}/credentials: a
@@ -77,7 +83,7 @@ func (s *Server) writeDevice(w http.ResponseWriter, status int, id string) {
 		s.registryError(w, err)
 		return
 	}
-	writeJSON(w, status, toDeviceJSON(d))
+	writeJSON(w, status, s.deviceJSON(d))
 }
 
 func (s *Server) removeCredential(w http.ResponseWriter, r *http.Request) {
@@ -137,7 +143,7 @@ func (s *Server) createDevice(w http.ResponseWriter, r *http.Request) {
 		s.registryError(w, err)
 		return
 	}
-	writeJSON(w, http.StatusCreated, CreatedDevice{Device: toDeviceJSON(d), Token: token})
+	writeJSON(w, http.StatusCreated, CreatedDevice{Device: s.deviceJSON(d), Token: token})
 }
 
 // decodeBody reads a JSON body strictly (unknown fields are a 400, so a
@@ -164,7 +170,7 @@ func (s *Server) listDevices(w http.ResponseWriter, r *http.Request) {
 	out := make([]Device, 0, len(list))
 	for _, d := range list {
 		if sel.Matches(d) {
-			out = append(out, toDeviceJSON(d))
+			out = append(out, s.deviceJSON(d))
 		}
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"devices": out})
@@ -176,7 +182,7 @@ func (s *Server) getDevice(w http.ResponseWriter, r *http.Request) {
 		s.registryError(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, toDeviceJSON(d))
+	writeJSON(w, http.StatusOK, s.deviceJSON(d))
 }
 
 func (s *Server) updateDevice(w http.ResponseWriter, r *http.Request) {

@@ -20,6 +20,7 @@ import (
 
 	"github.com/iotpipe/iotpipe/api"
 	"github.com/iotpipe/iotpipe/broker"
+	"github.com/iotpipe/iotpipe/devicestate"
 	"github.com/iotpipe/iotpipe/ingest"
 	"github.com/iotpipe/iotpipe/internal/bus"
 	"github.com/iotpipe/iotpipe/processor"
@@ -142,7 +143,7 @@ func (e *env) newRegistry() (*registry.Registry, error) {
 	return registry.New(registry.Config{Kafka: e.kafka, Topic: e.topics.Registry, Logger: e.log, JWTAudience: e.o.jwtAudience})
 }
 
-func (e *env) newAPI(reg *registry.Registry, st *storage.Store, ready func(context.Context) error) (*api.Server, error) {
+func (e *env) newAPI(reg *registry.Registry, st *storage.Store, states *devicestate.Store, ready func(context.Context) error) (*api.Server, error) {
 	tok, err := adminToken(e.o.dataDir, e.o.adminToken)
 	if err != nil {
 		return nil, err
@@ -152,9 +153,20 @@ func (e *env) newAPI(reg *registry.Registry, st *storage.Store, ready func(conte
 		return nil, err
 	}
 	return api.New(api.Config{
-		Addr: e.o.httpAddr, Registry: reg, Store: st, AdminToken: tok, ReadToken: rtok, WindowSizes: e.o.windowSizes,
+		Addr: e.o.httpAddr, Registry: reg, Store: st, States: states, AdminToken: tok, ReadToken: rtok, WindowSizes: e.o.windowSizes,
 		Ready: ready, Gatherer: e.metrics, Logger: e.log,
 	})
+}
+
+// newStates follows the device state topic for the API; its client is
+// closed with the env.
+func (e *env) newStates() (*devicestate.Store, error) {
+	st, err := devicestate.New(devicestate.Config{Kafka: e.kafka, Topic: e.topics.State, MaxBytes: max(e.o.maxPayload, devicestate.DefaultMaxBytes), Logger: e.log})
+	if err != nil {
+		return nil, err
+	}
+	e.closers = append(e.closers, st.Close)
+	return st, nil
 }
 
 func (e *env) newProcessor(st *storage.Store) (*processor.Processor, error) {
@@ -247,7 +259,12 @@ func runAll(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err != nil {
 		return err
 	}
-	srv, err := e.newAPI(reg, st, reg.WaitReady)
+	states, err := e.newStates()
+	if err != nil {
+		closeForwarder(fwd, e.log)
+		return err
+	}
+	srv, err := e.newAPI(reg, st, states, reg.WaitReady)
 	if err != nil {
 		closeForwarder(fwd, e.log)
 		return err
@@ -258,7 +275,7 @@ func runAll(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		// The broker goes first so no message is taken after ingest is flushed.
 		{stages: []stage{{"broker", br.Run}}, after: func() { closeForwarder(fwd, e.log) }},
 		{stages: []stage{{"api", srv.Run}, {"processor", proc.Run}}},
-		{stages: []stage{{"registry", reg.Run}}},
+		{stages: []stage{{"registry", reg.Run}, {"devicestate", states.Run}}},
 	})
 }
 
@@ -332,13 +349,17 @@ func runAPI(ctx context.Context, args []string, _, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	srv, err := e.newAPI(reg, st, reg.WaitReady)
+	states, err := e.newStates()
+	if err != nil {
+		return err
+	}
+	srv, err := e.newAPI(reg, st, states, reg.WaitReady)
 	if err != nil {
 		return err
 	}
 	return runGroups(ctx, e.log, []group{
 		{stages: []stage{{"api", srv.Run}}},
-		{stages: []stage{{"registry", reg.Run}}},
+		{stages: []stage{{"registry", reg.Run}, {"devicestate", states.Run}}},
 	})
 }
 
