@@ -59,9 +59,12 @@ func runDevices(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		func(v string) error { labels, labelsSet = v, true; return nil })
 	var cred credentialFlags
 	cred.add(fs)
+	var cfgf configFlags
+	cfgf.add(fs)
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, "Usage: iotpipe devices create ID | list | get ID | set ID | delete ID | block ID | unblock ID |\n"+
-			"       credentials add ID --type T --public-key-file F [--expires RFC3339] | credentials remove ID INDEX [flags]")
+			"       credentials add ID --type T --public-key-file F [--expires RFC3339] | credentials remove ID INDEX |\n"+
+			"       config ID [--data S | --data-file F [--version-to-update N]] | config-versions ID | state ID [flags]")
 		fs.PrintDefaults()
 	}
 	// Flags may come before or after the verb and id.
@@ -166,6 +169,14 @@ func runDevices(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return printJSON(stdout, d)
 	case "credentials":
 		if err := cred.run(ctx, cl, pos[1:], stdout); err != nil {
+			if errors.Is(err, errUsage) {
+				fs.Usage()
+			}
+			return err
+		}
+		return nil
+	case "config", "config-versions", "state":
+		if err := cfgf.run(ctx, cl, pos, stdout); err != nil {
 			if errors.Is(err, errUsage) {
 				fs.Usage()
 			}
