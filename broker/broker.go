@@ -82,6 +82,7 @@ type Broker struct {
 	ln      *listeners.TCP
 	fwd     *forwardHook
 	auth    *authHook
+	config  *configHook // nil unless Auth is a ConfigSource
 	drainTO time.Duration
 	log     zerolog.Logger
 }
@@ -172,6 +173,11 @@ func New(cfg Config) (*Broker, error) {
 		&aclHook{m: m},
 		fwd,
 	}
+	var cfgHook *configHook
+	if cs, ok := cfg.Auth.(ConfigSource); ok {
+		cfgHook = newConfigHook(srv, cs, int(caps.MaximumInflight), cfg.Metrics, log)
+		hooks = append(hooks, cfgHook)
+	}
 	for _, h := range hooks {
 		if err := srv.AddHook(h, nil); err != nil {
 			return nil, fmt.Errorf("broker: add hook %s: %w", h.ID(), err)
@@ -181,7 +187,7 @@ func New(cfg Config) (*Broker, error) {
 	if err := srv.AddListener(ln); err != nil {
 		return nil, fmt.Errorf("broker: listen on %s: %w", cfg.TCPAddr, err)
 	}
-	return &Broker{srv: srv, ln: ln, fwd: fwd, auth: auth, drainTO: cfg.DrainTimeout, log: log}, nil
+	return &Broker{srv: srv, ln: ln, fwd: fwd, auth: auth, config: cfgHook, drainTO: cfg.DrainTimeout, log: log}, nil
 }
 
 // Addr is the address the broker listens on.
@@ -197,6 +203,11 @@ func (b *Broker) Run(ctx context.Context) error {
 		// Every instance follows the registry, so a block, delete or
 		// credential removal written anywhere cuts the sessions held here.
 		defer sa.Watch(b.auth.deviceChanged)()
+	}
+	if b.config != nil {
+		cctx, cancel := context.WithCancel(context.Background())
+		defer cancel() // after the drain below: acks that arrive while draining are still recorded
+		defer b.config.start(cctx)()
 	}
 	if err := b.srv.Serve(); err != nil {
 		return fmt.Errorf("broker: serve: %w", err)

@@ -61,7 +61,7 @@ func TestPahoV5PublishReachesKafka(t *testing.T) {
 	if ca.Properties == nil || ca.Properties.MaximumQoS == nil || *ca.Properties.MaximumQoS != 1 {
 		t.Errorf("CONNACK does not announce Maximum QoS 1: %+v", ca.Properties)
 	}
-	res, err := c.Publish(ctx, &paho.Publish{QoS: 1, Topic: "/devices/dev-2/state", Payload: []byte("on"),
+	res, err := c.Publish(ctx, &paho.Publish{QoS: 1, Topic: "/devices/dev-2/events/power", Payload: []byte("on"),
 		Properties: &paho.PublishProperties{ContentType: "text/plain"}})
 	if err != nil || res.ReasonCode != 0 {
 		t.Fatalf("publish: %v %+v", err, res)

@@ -376,7 +376,7 @@ func (h *forwardHook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.
 // subscribers. The answer is written by the session's ack loop.
 func (h *forwardHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
 	if cl.Net.Inline {
-		return pk, nil // the broker's own downlink (config): routed by mochi, never forwarded
+		return pk, nil // the broker's own publishes (Server.Publish): routed by mochi, never forwarded
 	}
 	if len(pk.Payload) > h.maxPayload {
 		h.m.rejected.WithLabelValues("too_large").Inc()

@@ -1,0 +1,229 @@
+package broker
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/eclipse/paho.golang/paho"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/iotpipe/iotpipe/internal/bus"
+	"github.com/iotpipe/iotpipe/internal/testkafka"
+	"github.com/iotpipe/iotpipe/registry"
+)
+
+// cfgOf reads the device's latest config from a registry.
+func cfgOf(t *testing.T, reg *registry.Registry, id string) registry.ConfigVersion {
+	t.Helper()
+	d, err := reg.Get(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d.DeviceConfig()
+}
+
+// A Paho v5 device on instance B subscribes to its config: it gets the
+// current (empty, version 1) config at once, then each version written
+// through instance A's registry while connected; its PUBACKs are recorded as
+// the versions' ack times, visible on both instances. Another device's
+// config topic is refused.
+func TestConfigDeliveryV5(t *testing.T) {
+	e := newJWTEnv(t, 0) // instance A
+	bB, regB := startInstance(t, e.kafka, 0)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	_, tok, err := e.reg.Create(ctx, registry.Spec{ID: "cfg-v5"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "instance B knows the device", func() bool { _, err := regB.Get("cfg-v5"); return err == nil })
+
+	got := make(chan *paho.Publish, 16)
+	c := paho.NewClient(paho.ClientConfig{Conn: dialTCP(t, bB.Addr()),
+		OnPublishReceived: []func(paho.PublishReceived) (bool, error){func(p paho.PublishReceived) (bool, error) {
+			got <- p.Packet
+			return true, nil
+		}}})
+	if ca, err := c.Connect(ctx, &paho.Connect{ClientID: "cfg-v5", KeepAlive: 60, CleanStart: true,
+		PasswordFlag: true, Password: []byte(tok)}); err != nil || ca.ReasonCode != 0 {
+		t.Fatalf("connect: %v %+v", err, ca)
+	}
+	t.Cleanup(func() { _ = c.Disconnect(&paho.Disconnect{}) })
+	next := func(what string) *paho.Publish {
+		t.Helper()
+		select {
+		case p := <-got:
+			return p
+		case <-time.After(10 * time.Second):
+			t.Fatalf("no config message: %s", what)
+			return nil
+		}
+	}
+	sa, err := c.Subscribe(ctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: "/devices/cfg-v5/config", QoS: 1}}})
+	if err != nil || len(sa.Reasons) != 1 || sa.Reasons[0] != 1 {
+		t.Fatalf("subscribe: %v %+v", err, sa)
+	}
+	if p := next("on subscribe"); p.Topic != "/devices/cfg-v5/config" || len(p.Payload) != 0 || p.QoS != 1 {
+		t.Fatalf("first config: %q %q QoS %d, want the empty version 1 at QoS 1", p.Topic, p.Payload, p.QoS)
+	}
+	eventually(t, "ack of version 1 recorded on A", func() bool { return !cfgOf(t, e.reg, "cfg-v5").DeviceAckTime.IsZero() })
+
+	for i, data := range []string{"version two", "version three"} {
+		written, err := e.reg.SetConfig(ctx, "cfg-v5", []byte(data), int64(i+1))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p := next("after SetConfig"); string(p.Payload) != data {
+			t.Fatalf("got %q, want %q", p.Payload, data)
+		}
+		eventually(t, "ack recorded on both instances", func() bool {
+			a, b := cfgOf(t, e.reg, "cfg-v5"), cfgOf(t, regB, "cfg-v5")
+			return a.Version == written.Version && !a.DeviceAckTime.IsZero() && !b.DeviceAckTime.IsZero()
+		})
+	}
+	// A write that changes no config (metadata) sends nothing.
+	if err := e.reg.SetMetadata(ctx, "cfg-v5", "renamed", nil); err != nil {
+		t.Fatal(err)
+	}
+	sa, err = c.Subscribe(ctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: "/devices/dev-1/config", QoS: 1}}})
+	if sa == nil || len(sa.Reasons) != 1 || sa.Reasons[0] != 0x87 {
+		t.Fatalf("subscribe to another device's config: %v %+v, want 0x87", err, sa)
+	}
+	select {
+	case p := <-got:
+		t.Fatalf("unexpected message %q %q", p.Topic, p.Payload)
+	case <-time.After(200 * time.Millisecond):
+	}
+	d, _ := e.reg.Get("cfg-v5")
+	if d.LastConfigAckTime.IsZero() || !d.LastConfigAckTime.Equal(d.DeviceConfig().DeviceAckTime) {
+		t.Errorf("last_config_ack_time %v, latest version acked %v", d.LastConfigAckTime, d.DeviceConfig().DeviceAckTime)
+	}
+}
+
+// writePuback sends a PUBACK from a raw client.
+func writePuback(t *testing.T, c *raw, id uint16) {
+	t.Helper()
+	var buf bytes.Buffer
+	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: id, ProtocolVersion: 4}
+	if err := pk.PubackEncode(&buf); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.conn.Write(buf.Bytes()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A raw 3.1.1 device: SUBACK comes before the config; an unacknowledged
+// version records no ack, the PUBACK of the next one records exactly that
+// one; a QoS 0 subscription gets the config without ack tracking; another
+// device's config topic gets SUBACK 0x80.
+func TestConfigDeliveryV3Raw(t *testing.T) {
+	e := newJWTEnv(t, 0)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	_, tok, err := e.reg.Create(ctx, registry.Spec{ID: "cfg-v3"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.reg.SetConfig(ctx, "cfg-v3", []byte("v2"), 0); err != nil {
+		t.Fatal(err)
+	}
+	c, ack := dialRaw(t, e.b.Addr(), 3, "projects/p/locations/l/registries/r/devices/cfg-v3", tok, nil)
+	if ack.ReasonCode != 0 {
+		t.Fatalf("CONNACK %d", ack.ReasonCode)
+	}
+	sub := func(id uint16, topic string, qos byte) {
+		c.write(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, PacketID: id,
+			Filters: packets.Subscriptions{{Filter: topic, Qos: qos}}})
+	}
+	read := func(want byte) packets.Packet {
+		t.Helper()
+		pk, err := c.read()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if pk.FixedHeader.Type != want {
+			t.Fatalf("got packet type %d, want %d", pk.FixedHeader.Type, want)
+		}
+		return pk
+	}
+	sub(1, "/devices/dev-1/config", 1)
+	if sa := read(packets.Suback); len(sa.ReasonCodes) != 1 || sa.ReasonCodes[0] != 0x80 {
+		t.Fatalf("SUBACK for another device's config: %v, want 0x80", sa.ReasonCodes)
+	}
+	sub(2, "/devices/cfg-v3/config", 1)
+	if sa := read(packets.Suback); sa.ReasonCodes[0] != 1 {
+		t.Fatalf("SUBACK %v", sa.ReasonCodes)
+	}
+	first := read(packets.Publish)
+	if string(first.Payload) != "v2" || first.FixedHeader.Qos != 1 || first.TopicName != "/devices/cfg-v3/config" {
+		t.Fatalf("config on subscribe: %+v", first)
+	}
+	// Not acknowledged; version 3 arrives while subscribed.
+	if _, err := e.reg.SetConfig(ctx, "cfg-v3", []byte("v3"), 2); err != nil {
+		t.Fatal(err)
+	}
+	second := read(packets.Publish)
+	if string(second.Payload) != "v3" || second.PacketID == first.PacketID {
+		t.Fatalf("second config %q id %d (first id %d)", second.Payload, second.PacketID, first.PacketID)
+	}
+	writePuback(t, c, second.PacketID)
+	eventually(t, "ack of version 3", func() bool { return !cfgOf(t, e.reg, "cfg-v3").DeviceAckTime.IsZero() })
+	d, _ := e.reg.Get("cfg-v3")
+	for _, v := range d.ConfigVersions() {
+		if v.Version == 2 && !v.DeviceAckTime.IsZero() {
+			t.Errorf("version 2 was never acknowledged but has ack time %v", v.DeviceAckTime)
+		}
+	}
+	// A repeated PUBACK of the same packet id records nothing new.
+	writePuback(t, c, second.PacketID)
+
+	// QoS 0: the config arrives at QoS 0 and nothing is tracked.
+	c0, _ := dialRaw(t, e.b.Addr(), 3, "cfg-v3", tok, nil)
+	c0.write(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, PacketID: 1,
+		Filters: packets.Subscriptions{{Filter: "/devices/cfg-v3/config", Qos: 0}}})
+	if pk, err := c0.read(); err != nil || pk.FixedHeader.Type != packets.Suback || pk.ReasonCodes[0] != 0 {
+		t.Fatalf("QoS 0 SUBACK: %+v %v", pk, err)
+	}
+	if pk, err := c0.read(); err != nil || pk.FixedHeader.Type != packets.Publish || pk.FixedHeader.Qos != 0 || string(pk.Payload) != "v3" {
+		t.Fatalf("QoS 0 config: %+v %v", pk, err)
+	}
+	// Only the never acknowledged version 2 is still in flight.
+	e.b.config.mu.Lock()
+	ids := fmt.Sprint(e.b.config.ids)
+	e.b.config.mu.Unlock()
+	if want := fmt.Sprintf("map[projects/p/locations/l/registries/r/devices/cfg-v3:map[%d:2]]", first.PacketID); ids != want {
+		t.Errorf("config packet ids in flight %s, want %s", ids, want)
+	}
+}
+
+// A device's state goes to the state topic (key = device id, value = the
+// payload, headers as telemetry), acknowledged after Kafka has it, and not
+// to the telemetry topic.
+func TestStateToStateTopic(t *testing.T) {
+	e := newEnv(t, envOpt{})
+	cl := testkafka.Client(t, e.kafka.ListenAddrs())
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	const stateTopic = "iot.state"
+	if err := bus.EnsureTopics(ctx, cl, []bus.TopicSpec{{Name: stateTopic, Partitions: 2}}, -1); err != nil {
+		t.Fatal(err)
+	}
+	c, _ := dialRaw(t, e.b.Addr(), 5, "dev-1", "tok-1", nil)
+	c.publish(7, 1, "/devices/dev-1/state", []byte(`{"fw":"1.2"}`))
+	if pk, err := c.read(); err != nil || pk.FixedHeader.Type != packets.Puback || pk.PacketID != 7 || pk.ReasonCode != 0 {
+		t.Fatalf("PUBACK: %+v %v", pk, err)
+	}
+	recs := testkafka.Consume(t, e.kafka.ListenAddrs(), stateTopic, 1, 10*time.Second)
+	r := recs[0]
+	if string(r.Key) != "dev-1" || string(r.Value) != `{"fw":"1.2"}` || header(r, bus.HeaderTopic) != "/devices/dev-1/state" ||
+		header(r, bus.HeaderDevice) != "dev-1" || header(r, bus.HeaderReceivedAt) == "" {
+		t.Fatalf("state record %q=%q headers %v", r.Key, r.Value, r.Headers)
+	}
+	if tel := testkafka.Consume(t, e.kafka.ListenAddrs(), testTopic, 0, 5*time.Second); len(tel) != 0 {
+		t.Errorf("%d records on the telemetry topic, want 0", len(tel))
+	}
+}
