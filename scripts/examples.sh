@@ -8,7 +8,12 @@
 #      $IOTPIPE_CACHE/venv/<hash of requirements.txt and python version>) and
 #      examples/go-device (RS256), $IOTPIPE_EXAMPLE_MESSAGES messages each,
 #   4. checks through the HTTP API that the closed 10 s windows of each device
-#      count exactly the messages it sent.
+#      count exactly the messages it sent,
+#   5. config and state round trip (config_state_round_trip): a config set
+#      with the CLI before the device connects arrives on subscribe, a second
+#      one set (compare-and-set) while it is connected arrives too, the
+#      device's acks show up as device_ack_time, a stale version is refused,
+#      and the state the device reported is readable with the CLI.
 # Exits non-zero with the reason on any failure; cleans up after itself.
 # Needs Go, python3 (python3-venv is installed with apt-get when missing),
 # openssl and curl; libchdb from scripts/chdb.sh unless CHDB_LIB_PATH is set.
@@ -166,20 +171,64 @@ log "devices $py_dev (ES256) and $go_dev (RS256) registered"
 
 from_ms=$(($(date +%s) * 1000 - 60000))
 
+# --- config and state --------------------------------------------------------
+# config_state_round_trip DEVICE LOGFILE -- DEVICE COMMAND...: sets config
+# "interval=5" (version 2) before the device runs, starts the device with
+# --state and --wait-config interval=1 in the background, and once its log
+# shows the first config applied sets "interval=1" with --version-to-update 2
+# while it is connected. Then checks the device exited 0, both versions were
+# acknowledged, a stale --version-to-update is refused, and the device's
+# state is readable with the CLI.
+config_state_round_trip() {
+	local dev=$1 out=$2
+	shift 3
+	local state="{\"firmware\":\"1.0.$dev\"}"
+	cli devices config "$dev" --data "interval=5" >/dev/null || fail "$dev: devices config --data"
+	"$@" --state "$state" --wait-config "interval=1" >"$out" 2>&1 &
+	local pid=$! deadline=$((SECONDS + 30))
+	until grep -q "config applied.*interval=5" "$out"; do
+		kill -0 "$pid" 2>/dev/null || { cat "$out" >&2; fail "$dev exited before it applied its first config"; }
+		((SECONDS < deadline)) || { cat "$out" >&2; fail "$dev: config interval=5 not applied on subscribe within 30 s"; }
+		sleep 0.2
+	done
+	cli devices config "$dev" --data "interval=1" --version-to-update 2 >/dev/null ||
+		fail "$dev: devices config --version-to-update 2"
+	wait "$pid" || { cat "$out" >&2; fail "$dev failed (sample output above)"; }
+	cat "$out" >&2
+	grep -q "config applied.*interval=1" "$out" || fail "$dev: never applied interval=1 while connected"
+	if cli devices config "$dev" --data "stale" --version-to-update 2 >/dev/null 2>"$tmp/stale.err"; then
+		fail "$dev: a stale --version-to-update 2 was accepted"
+	fi
+	grep -q config_version_mismatch "$tmp/stale.err" || fail "$dev: stale write: $(cat "$tmp/stale.err")"
+	# Acks are recorded asynchronously after the PUBACK: poll.
+	deadline=$((SECONDS + 15))
+	until [ "$(cli devices config-versions "$dev" | grep -c '"device_ack_time"')" -ge 2 ]; do
+		((SECONDS < deadline)) || { cli devices config-versions "$dev" >&2; fail "$dev: acks of versions 2 and 3 not recorded"; }
+		sleep 0.2
+	done
+	cli devices get "$dev" | grep -q '"last_config_ack_time"' || fail "$dev: device has no last_config_ack_time"
+	local want
+	want=$(printf '%s' "$state" | base64 | tr -d '\n')
+	deadline=$((SECONDS + 15))
+	until cli devices state "$dev" 2>/dev/null | grep -q "\"binary_data\": \"$want\""; do
+		((SECONDS < deadline)) || { cli devices state "$dev" >&2 || true; fail "$dev: state $state not readable"; }
+		sleep 0.2
+	done
+	log "$dev: config on subscribe and while connected, acks recorded, stale version refused, state $state readable"
+}
+
 # --- the samples ------------------------------------------------------------
-log "python device: $msgs messages"
-"$py" examples/python/device.py --host 127.0.0.1 --port "$mqtt_port" \
+log "python device: $msgs messages, config and state"
+config_state_round_trip "$py_dev" "$tmp/py-device.log" -- "$py" examples/python/device.py --host 127.0.0.1 --port "$mqtt_port" \
 	--project-id "$project" --registry-id examples --cloud-region local --device-id "$py_dev" \
 	--private-key-file "$tmp/ec_private.pem" --algorithm ES256 --jwt-expires-minutes 20 \
-	--num-messages "$msgs" --message-interval 0.1 --timeout 10 ||
-	fail "python device (ES256) failed"
+	--num-messages "$msgs" --message-interval 0.1 --timeout 10
 
-log "go device: $msgs messages"
-"$tmp/go-device" --host 127.0.0.1 --port "$mqtt_port" \
+log "go device: $msgs messages, config and state"
+config_state_round_trip "$go_dev" "$tmp/go-device.log" -- "$tmp/go-device" --host 127.0.0.1 --port "$mqtt_port" \
 	--project-id "$project" --registry-id examples --cloud-region local --device-id "$go_dev" \
 	--private-key-file "$tmp/rsa_private.pem" --algorithm RS256 --jwt-expires 20m \
-	--num-messages "$msgs" --message-interval 100ms --timeout 10s ||
-	fail "go device (RS256) failed"
+	--num-messages "$msgs" --message-interval 100ms --timeout 10s
 
 # --- verify through the API ---------------------------------------------------
 # Sum of "count" over a device's closed 10 s windows of one metric.

@@ -41,6 +41,7 @@ type config struct {
 	keyFile, algorithm, messageType               string
 	port, numMessages                             int
 	jwtExpires, interval, timeout                 time.Duration
+	cfg                                           *configState // config.go
 }
 
 func main() {
@@ -57,7 +58,8 @@ func main() {
 	flag.StringVar(&c.algorithm, "algorithm", "RS256", "JWT algorithm: RS256 or ES256")
 	flag.DurationVar(&c.jwtExpires, "jwt-expires", 20*time.Minute, "JWT lifetime (at most 24h); the device reconnects with a new JWT before it ends")
 	flag.IntVar(&c.numMessages, "num-messages", 10, "telemetry messages to publish")
-	flag.StringVar(&c.messageType, "message-type", "event", "message type: event (state follows with iotpipe's state support)")
+	flag.StringVar(&c.messageType, "message-type", "event", "message type: event")
+	c.cfg = newConfigState(flag.CommandLine)
 	flag.DurationVar(&c.interval, "message-interval", time.Second, "pause between messages")
 	flag.DurationVar(&c.timeout, "timeout", 10*time.Second, "how long to wait for CONNACK, SUBACK and each PUBACK")
 	flag.Parse()
@@ -87,6 +89,9 @@ func run(c config) error {
 		return err
 	}
 	defer func() { d.client.Disconnect(250) }()
+	if err := c.cfg.publishState(d.client, c.deviceID, c.timeout); err != nil {
+		return err
+	}
 
 	topic := "/devices/" + c.deviceID + "/events"
 	failed := 0
@@ -120,6 +125,9 @@ func run(c config) error {
 		if i < c.numMessages {
 			time.Sleep(c.interval)
 		}
+	}
+	if err := c.cfg.waitForConfig(); err != nil {
+		return err
 	}
 	if failed > 0 {
 		return fmt.Errorf("%d of %d messages not acknowledged", failed, c.numMessages)
@@ -173,10 +181,12 @@ func (d *device) connect() error {
 	log.Printf("connected to %s:%d as %s (JWT %s, expires %s)", c.host, c.port, clientID, c.algorithm, d.expiresAt.Format(time.RFC3339))
 
 	// The latest config arrives on subscribe and on every update (QoS 1);
-	// commands on /devices/ID/commands[/subfolder]. iotpipe accepts these
-	// subscriptions now; messages flow once its config and command support
-	// lands.
+	// commands on /devices/ID/commands[/subfolder].
 	onMessage := func(_ mqtt.Client, m mqtt.Message) {
+		if m.Topic() == "/devices/"+c.deviceID+"/config" {
+			c.cfg.onConfig(m)
+			return
+		}
 		log.Printf("received on %s: %s", m.Topic(), m.Payload())
 	}
 	subs := map[string]byte{

@@ -54,6 +54,7 @@ class Device:
         self.connect_rc = None
         self.subscribed = threading.Event()
         self.sub_codes = []
+        self.config_state = ConfigState(args)
 
     # Callbacks (paho-mqtt 2.x, CallbackAPIVersion.VERSION2).
     def on_connect(self, client, userdata, flags, reason_code, properties):
@@ -63,9 +64,7 @@ class Device:
             return
         # Subscribe in on_connect so a reconnect subscribes again. The latest
         # config is delivered on subscribe and on every update (QoS 1);
-        # commands arrive on /devices/ID/commands[/subfolder]. iotpipe grants
-        # these subscriptions today; messages arrive once its config and
-        # command support lands.
+        # commands arrive on /devices/ID/commands[/subfolder].
         dev = self.args.device_id
         client.subscribe([(f"/devices/{dev}/config", 1), (f"/devices/{dev}/commands/#", 0)])
         self.connected.set()
@@ -78,6 +77,9 @@ class Device:
         log(f"disconnected: {reason_code}")
 
     def on_message(self, client, userdata, message):
+        if message.topic == f"/devices/{self.args.device_id}/config":
+            self.config_state.on_config(message)
+            return
         payload = message.payload.decode("utf-8", errors="replace")
         log(f"received on {message.topic} (QoS {message.qos}): {payload}")
 
@@ -125,6 +127,59 @@ class Device:
         return time.time() >= self.expires_at - margin
 
 
+# ---- config and state (Cloud IoT Core's /devices/ID/config and /state) ----
+
+def add_config_state_args(p):
+    p.add_argument("--state", help="publish this string once to /devices/ID/state (QoS 1) after connecting")
+    p.add_argument("--wait-config", metavar="DATA",
+                   help="before exiting, wait until a config with exactly this data arrived (on subscribe or while "
+                        "connected); fail after --config-timeout")
+    p.add_argument("--config-timeout", type=float, default=30.0, help="seconds --wait-config waits")
+
+
+class ConfigState:
+    """Applies the config iotpipe delivers on /devices/ID/config and reports state.
+
+    iotpipe sends the latest config when the device subscribes (an empty
+    payload while none was set: version 1 is empty, as in Cloud IoT Core) and
+    every new version while it is connected, at QoS 1; paho acknowledges it,
+    which iotpipe records as the version's device_ack_time.
+    """
+
+    def __init__(self, args):
+        self.args = args
+        self.config = None  # the applied config (bytes)
+        self.cond = threading.Condition()
+
+    def on_config(self, message):
+        with self.cond:
+            self.config = message.payload
+            self.cond.notify_all()
+        shown = message.payload.decode("utf-8", errors="replace") if message.payload else "(empty)"
+        log(f"config applied (QoS {message.qos}): {shown}")
+
+    def publish_state(self, client):
+        if self.args.state is None:
+            return
+        info = client.publish(f"/devices/{self.args.device_id}/state", self.args.state, qos=1)
+        info.wait_for_publish(timeout=self.args.timeout)
+        if not info.is_published():
+            raise RuntimeError(f"state: no PUBACK within {self.args.timeout} s")
+        log(f"state reported: {self.args.state}")
+
+    def wait_for_config(self):
+        want = self.args.wait_config
+        if want is None:
+            return True
+        want = want.encode()
+        with self.cond:
+            if not self.cond.wait_for(lambda: self.config == want, timeout=self.args.config_timeout):
+                log(f"error: config {want!r} not received within {self.args.config_timeout} s (have {self.config!r})")
+                return False
+        log(f"config {want.decode()!r} received")
+        return True
+
+
 def parse_args():
     p = argparse.ArgumentParser(description="iotpipe MQTT device sample (Cloud IoT Core compatible JWT auth)")
     p.add_argument("--host", default="localhost", help="iotpipe MQTT host")
@@ -137,7 +192,7 @@ def parse_args():
     p.add_argument("--algorithm", choices=("RS256", "ES256"), required=True, help="JWT algorithm")
     p.add_argument("--jwt-expires-minutes", type=int, default=20, help="JWT lifetime in minutes (at most 1440)")
     p.add_argument("--num-messages", type=int, default=10, help="telemetry messages to publish")
-    # State (/devices/ID/state) follows with iotpipe's state support.
+    add_config_state_args(p)
     p.add_argument("--message-type", choices=("event",), default="event", help="message type")
     p.add_argument("--message-interval", type=float, default=1.0, help="seconds between messages")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for CONNACK, SUBACK and each PUBACK")
@@ -155,6 +210,13 @@ def main():
     try:
         dev.connect()
     except (OSError, RuntimeError) as e:
+        log(f"error: {e}")
+        dev.disconnect()
+        return 1
+
+    try:
+        dev.config_state.publish_state(dev.client)
+    except RuntimeError as e:
         log(f"error: {e}")
         dev.disconnect()
         return 1
@@ -192,6 +254,9 @@ def main():
                 time.sleep(args.message_interval)
     except (OSError, RuntimeError) as e:
         log(f"error: {e}")
+        dev.disconnect()
+        return 1
+    if not dev.config_state.wait_for_config():
         dev.disconnect()
         return 1
     dev.disconnect()
