@@ -52,6 +52,17 @@
 // did not happen, and silence would make the device resend forever. A refused
 // QoS 0 publish is dropped silently in both versions.
 //
+// # State and config
+//
+// A PUBLISH to /devices/D/state takes the same asynchronous path as events
+// but goes to Config.StateTopic (compacted iot.state). When Auth is a
+// ConfigSource (*registry.Registry), a subscription to /devices/D/config
+// gets the latest config right after its SUBACK and every newer version
+// while connected (registry Watch, any instance); the hook writes the
+// PUBLISH with its own packet id into mochi's inflight store, and the
+// device's PUBACK records the version's ack time in the registry through a
+// bounded queue. See docs/architecture.md, "State and config".
+//
 // # Delivery and asynchronous PUBACK
 //
 // OnPublish starts the produce and returns packets.ErrRejectPacket, so mochi
