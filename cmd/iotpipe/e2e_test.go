@@ -167,6 +167,7 @@ func TestEndToEnd(t *testing.T) {
 
 	checkDeviceMetadataCLI(t, p)
 	checkReadToken(t, p)
+	checkConfigStateCLI(t, p)
 	jwt := checkJWTCLI(t, p)
 	checkBlockAndSecrets(t, p, tokens, jwt)
 }
