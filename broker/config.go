@@ -95,7 +95,7 @@ func newConfigHook(srv *mqtt.Server, src ConfigSource, maxInflight int, reg prom
 func (h *configHook) ID() string { return "iotpipe-config" }
 
 func (h *configHook) Provides(b byte) bool {
-	return bytes.Contains([]byte{mqtt.OnSubscribed, mqtt.OnUnsubscribed, mqtt.OnPacketSent, mqtt.OnQosPublish,
+	return bytes.Contains([]byte{mqtt.OnSessionEstablished, mqtt.OnSubscribed, mqtt.OnUnsubscribed, mqtt.OnPacketSent, mqtt.OnQosPublish,
 		mqtt.OnQosComplete, mqtt.OnQosDropped, mqtt.OnDisconnect, mqtt.OnClientExpired}, []byte{b})
 }
 
@@ -126,6 +126,26 @@ func (h *configHook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []by
 		h.pending[cl] = append(h.pending[cl], s)
 		h.mu.Unlock()
 	}
+}
+
+// OnSessionEstablished picks up a config subscription a resumed session
+// (clean start off) brought along without a new SUBSCRIBE, and sends the
+// latest config, as it cannot know what the device got before.
+func (h *configHook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
+	dev, err := deviceFromClientID(cl.ID)
+	if err != nil {
+		return
+	}
+	topic := "/devices/" + dev + "/config"
+	sub, ok := cl.State.Subscriptions.Get(topic)
+	if !ok {
+		return
+	}
+	s := &configSub{cl: cl, dev: dev, topic: topic, qos: min(sub.Qos, 1)}
+	h.mu.Lock()
+	h.subs[dev] = append(slices.DeleteFunc(h.subs[dev], func(o *configSub) bool { return o.cl == cl }), s)
+	h.mu.Unlock()
+	h.deliver(s)
 }
 
 func (h *configHook) OnPacketSent(cl *mqtt.Client, pk packets.Packet, _ []byte) {

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/eclipse/paho.golang/paho"
+	pahov3 "github.com/eclipse/paho.mqtt.golang"
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/iotpipe/iotpipe/internal/bus"
@@ -226,4 +227,59 @@ func TestStateToStateTopic(t *testing.T) {
 	if tel := testkafka.Consume(t, e.kafka.ListenAddrs(), testTopic, 0, 5*time.Second); len(tel) != 0 {
 		t.Errorf("%d records on the telemetry topic, want 0", len(tel))
 	}
+}
+
+// A 3.1.1 session resumed with clean session off keeps its config
+// subscription without a new SUBSCRIBE: it gets the latest config at once
+// and new versions while connected.
+func TestConfigDeliveryResumedSession(t *testing.T) {
+	e := newJWTEnv(t, 0)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	_, tok, err := e.reg.Create(ctx, registry.Spec{ID: "cfg-keep"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan string, 16)
+	connect := func(subscribe bool) pahov3.Client {
+		opts := pahov3.NewClientOptions().AddBroker("tcp://" + e.b.Addr()).SetClientID("cfg-keep").
+			SetUsername("unused").SetPassword(tok).SetProtocolVersion(4).SetCleanSession(false).SetAutoReconnect(false).
+			SetDefaultPublishHandler(func(_ pahov3.Client, m pahov3.Message) { got <- string(m.Payload()) })
+		c := pahov3.NewClient(opts)
+		if ct := c.Connect(); !ct.WaitTimeout(10*time.Second) || ct.Error() != nil {
+			t.Fatalf("connect: %v", ct.Error())
+		}
+		if subscribe {
+			if st := c.Subscribe("/devices/cfg-keep/config", 1, nil); !st.WaitTimeout(10*time.Second) || st.Error() != nil {
+				t.Fatalf("subscribe: %v", st.Error())
+			}
+		}
+		return c
+	}
+	next := func(want string) {
+		t.Helper()
+		select {
+		case p := <-got:
+			if p != want {
+				t.Fatalf("config %q, want %q", p, want)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("no config %q", want)
+		}
+	}
+	c := connect(true)
+	next("")
+	// Acknowledged before leaving, or the resumed session would resend it.
+	eventually(t, "ack of version 1", func() bool { return !cfgOf(t, e.reg, "cfg-keep").DeviceAckTime.IsZero() })
+	c.Disconnect(0)
+	if _, err := e.reg.SetConfig(ctx, "cfg-keep", []byte("while away"), 0); err != nil {
+		t.Fatal(err)
+	}
+	c = connect(false)
+	defer c.Disconnect(0)
+	next("while away")
+	if _, err := e.reg.SetConfig(ctx, "cfg-keep", []byte("while resumed"), 0); err != nil {
+		t.Fatal(err)
+	}
+	next("while resumed")
 }

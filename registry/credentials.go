@@ -149,12 +149,18 @@ func (r *Registry) AddCredential(ctx context.Context, id string, spec Credential
 // device or index.
 func (r *Registry) RemoveCredential(ctx context.Context, id string, index int) error {
 	var bad bool
+	var want string // the credential the caller meant, found again by identity on a retry
 	err := r.update(ctx, id, func(d *Device) bool {
-		if index < 0 || index >= len(d.Credentials) {
+		i := index
+		if want != "" {
+			i = slices.IndexFunc(d.Credentials, func(c Credential) bool { return c.ref() == want })
+		}
+		if i < 0 || i >= len(d.Credentials) {
 			bad = true
 			return false
 		}
-		d.Credentials = slices.Delete(d.Credentials, index, index+1)
+		want = d.Credentials[i].ref()
+		d.Credentials = slices.Delete(d.Credentials, i, i+1)
 		return true
 	})
 	if bad {
