@@ -7,6 +7,7 @@
 //
 //	st, err := devicestate.New(devicestate.Config{Kafka: opts, Topic: "iot.state"})
 //	go st.Run(ctx)
+//	err = st.WaitReady(ctx) // read back what the topic held at start
 //	s, ok := st.Get("sensor-1")
 //
 // Memory: one payload per device that ever reported state, plus about 100
@@ -24,6 +25,8 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/iotpipe/iotpipe/internal/bus"
@@ -60,6 +63,8 @@ type Store struct {
 
 	mu     sync.RWMutex
 	states map[string]State
+	behind map[int32]int64 // partition → end offset at New not yet reached
+	ready  chan struct{}   // closed once behind is empty
 }
 
 // New validates cfg and creates the consumer; Run reads.
@@ -89,8 +94,42 @@ func New(cfg Config) (*Store, error) {
 		cl.Close()
 		return nil, fmt.Errorf("devicestate: ping kafka: %w", err)
 	}
-	return &Store{cfg: cfg, log: cfg.Logger.With().Str("component", "devicestate").Str("topic", cfg.Topic).Logger(),
-		cl: cl, states: map[string]State{}}, nil
+	s := &Store{cfg: cfg, log: cfg.Logger.With().Str("component", "devicestate").Str("topic", cfg.Topic).Logger(),
+		cl: cl, states: map[string]State{}, behind: map[int32]int64{}, ready: make(chan struct{})}
+	// What WaitReady waits for: the end offsets now. A topic that does not
+	// exist yet has nothing to catch up with.
+	ends, err := kadm.NewClient(cl).ListEndOffsets(ctx, cfg.Topic)
+	if err == nil {
+		err = ends.Error()
+	}
+	switch {
+	case errors.Is(err, kerr.UnknownTopicOrPartition):
+	case err != nil:
+		cl.Close()
+		return nil, fmt.Errorf("devicestate: end offsets of %s: %w", cfg.Topic, err)
+	default:
+		ends.Each(func(o kadm.ListedOffset) {
+			if o.Offset > 0 {
+				s.behind[o.Partition] = o.Offset
+			}
+		})
+	}
+	if len(s.behind) == 0 {
+		close(s.ready)
+	}
+	return s, nil
+}
+
+// WaitReady blocks until the store read everything the topic held when New
+// ran (so a device's state is not reported missing while it is still being
+// read back), or ctx ends.
+func (s *Store) WaitReady(ctx context.Context) error {
+	select {
+	case <-s.ready:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("devicestate: still reading %s back: %w", s.cfg.Topic, ctx.Err())
+	}
 }
 
 // Run follows the topic until ctx ends (then it returns nil). Close after.
@@ -113,6 +152,7 @@ func (s *Store) Run(ctx context.Context) error {
 }
 
 func (s *Store) apply(r *kgo.Record) {
+	defer s.caughtUp(r.Partition, r.Offset)
 	id := string(r.Key)
 	if r.Value != nil && len(r.Value) > s.cfg.MaxBytes {
 		s.log.Warn().Str("device", id).Int("bytes", len(r.Value)).Int("max", s.cfg.MaxBytes).Msg("state too large; skipped")
@@ -134,6 +174,22 @@ func (s *Store) apply(r *kgo.Record) {
 	// order, so the last applied record of a device is its latest state.
 	// Cloned: r.Value points into the fetch buffer, which would stay alive.
 	s.states[id] = State{Data: slices.Clone(r.Value), UpdateTime: at}
+}
+
+// caughtUp notes that the partition was read up to offset (inclusive). The
+// record at end-1 always exists: it is in the active segment, which
+// compaction never cleans (as for the registry's WaitReady).
+func (s *Store) caughtUp(p int32, offset int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	end, ok := s.behind[p]
+	if !ok || offset+1 < end {
+		return
+	}
+	delete(s.behind, p)
+	if len(s.behind) == 0 {
+		close(s.ready)
+	}
 }
 
 // Get returns the device's latest state, if it reported one.

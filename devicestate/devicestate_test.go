@@ -49,11 +49,16 @@ func TestStoreFollowsLatestState(t *testing.T) {
 	go func() { done <- st.Run(rctx) }()
 	t.Cleanup(func() { stop(); <-done; st.Close() })
 
-	testkafka.Eventually(t, 20*time.Second, "states read", func() bool {
-		_, okC := st.Get("c")
-		a, okA := st.Get("a")
-		return okC && okA && string(a.Data) == "a2"
-	})
+	if err := st.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// Ready means everything produced before New was read.
+	if c, ok := st.Get("c"); !ok || string(c.Data) != "c1" {
+		t.Fatalf("c after WaitReady: %q %v", c.Data, ok)
+	}
+	if a, _ := st.Get("a"); string(a.Data) != "a2" {
+		t.Fatalf("a after WaitReady: %q, want the latest a2", a.Data)
+	}
 	if a, _ := st.Get("a"); !a.UpdateTime.Equal(at.Add(3 * time.Millisecond)) {
 		t.Errorf("update time %v, want %v", a.UpdateTime, at.Add(3*time.Millisecond))
 	}
@@ -71,5 +76,20 @@ func TestStoreFollowsLatestState(t *testing.T) {
 	}
 	if _, ok := st.Get("nobody"); ok {
 		t.Error("state of a device that never reported")
+	}
+}
+
+// A state topic that does not exist yet has nothing to read back.
+func TestStoreReadyWithoutTopic(t *testing.T) {
+	seeds := testkafka.Seeds(t)
+	st, err := devicestate.New(devicestate.Config{Kafka: []kgo.Opt{kgo.SeedBrokers(seeds...)}, Topic: testkafka.Prefix(t) + "nostate", Logger: zerolog.Nop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	if err := st.WaitReady(ctx); err != nil {
+		t.Fatal(err)
 	}
 }

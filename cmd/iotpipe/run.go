@@ -169,6 +169,18 @@ func (e *env) newStates() (*devicestate.Store, error) {
 	return st, nil
 }
 
+// readyAll is ready when every check is.
+func readyAll(checks ...func(context.Context) error) func(context.Context) error {
+	return func(ctx context.Context) error {
+		for _, c := range checks {
+			if err := c(ctx); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+}
+
 func (e *env) newProcessor(st *storage.Store) (*processor.Processor, error) {
 	if e.o.sessionTimeout <= 0 {
 		return nil, fmt.Errorf("--session-timeout %v must be positive", e.o.sessionTimeout)
@@ -264,7 +276,7 @@ func runAll(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		closeForwarder(fwd, e.log)
 		return err
 	}
-	srv, err := e.newAPI(reg, st, states, reg.WaitReady)
+	srv, err := e.newAPI(reg, st, states, readyAll(reg.WaitReady, states.WaitReady))
 	if err != nil {
 		closeForwarder(fwd, e.log)
 		return err
@@ -353,7 +365,7 @@ func runAPI(ctx context.Context, args []string, _, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	srv, err := e.newAPI(reg, st, states, reg.WaitReady)
+	srv, err := e.newAPI(reg, st, states, readyAll(reg.WaitReady, states.WaitReady))
 	if err != nil {
 		return err
 	}
