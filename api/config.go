@@ -1,6 +1,7 @@
 package api
 
 import (
+	"context"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -151,6 +152,18 @@ func (s *Server) getState(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, DeviceState{BinaryData: st.Data, UpdateTime: st.UpdateTime})
+}
+
+// forgetState drops a deleted device's state. The device is gone either
+// way, so a failure is logged, not answered: the state stays on the topic
+// until a device of that id reports again.
+func (s *Server) forgetState(ctx context.Context, id string) {
+	if s.cfg.States == nil {
+		return
+	}
+	if err := s.cfg.States.Forget(ctx, id); err != nil {
+		s.cfg.Logger.Warn().Err(err).Str("device", id).Msg("deleted device's state not forgotten")
+	}
 }
 
 // deviceJSON is toDeviceJSON plus what the registry does not hold.

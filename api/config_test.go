@@ -195,6 +195,18 @@ func TestStateRoute(t *testing.T) {
 	if want := fmt.Sprintf(`"binary_data": "%s"`, "AAF7Im9uIjp0cnVlfQ=="); !strings.Contains(string(b), want) {
 		t.Errorf("state body %s lacks %s", b, want)
 	}
+	// Deleting the device forgets its state: a new device of the same id
+	// starts without one.
+	if err := c.DeleteDevice(ctx, "st-api"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.CreateDevice(ctx, NewDevice{ID: "st-api"}); err != nil {
+		t.Fatal(err)
+	}
+	testkafka.Eventually(t, 20*time.Second, "the old state forgotten", func() bool {
+		_, err := c.State(ctx, "st-api")
+		return apiCode(err) == "no_state"
+	})
 }
 
 func jsonUnmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }

@@ -215,6 +215,7 @@ func (s *Server) deleteDevice(w http.ResponseWriter, r *http.Request) {
 		s.registryError(w, err)
 		return
 	}
+	s.forgetState(r.Context(), r.PathValue("id"))
 	w.WriteHeader(http.StatusNoContent)
 }
 

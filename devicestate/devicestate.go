@@ -14,6 +14,7 @@
 // bytes. Payloads are bounded by the broker's max payload (256 KiB default)
 // and here by Config.MaxBytes; a device's state is replaced, never
 // accumulated. 10k devices with 1 KiB states cost about 11 MB per instance.
+// Forget (the API calls it on device deletion) writes a tombstone.
 package devicestate
 
 import (
@@ -198,6 +199,19 @@ func (s *Store) Get(id string) (State, bool) {
 	defer s.mu.RUnlock()
 	st, ok := s.states[id]
 	return st, ok // Data is never modified after apply
+}
+
+// Forget writes a tombstone for the device's state (the API calls it when
+// the device is deleted), so a device later created with the same id does
+// not inherit it and compaction drops it. It returns after Kafka has the
+// tombstone; every instance forgets the state when it reads it. The
+// tombstone lands on the state's partition because this client hashes keys
+// as the broker's producer does (kgo's default partitioner).
+func (s *Store) Forget(ctx context.Context, id string) error {
+	if err := s.cl.ProduceSync(ctx, &kgo.Record{Topic: s.cfg.Topic, Key: []byte(id)}).FirstErr(); err != nil {
+		return fmt.Errorf("devicestate: forget %s: %w", id, err)
+	}
+	return nil
 }
 
 // Close releases the Kafka client. Run returns after Close.
