@@ -75,6 +75,8 @@ type Config struct {
 	// mochiOptions, if set, edits mochi's options last (tests: mochi's own
 	// defaults as a benchmark baseline).
 	mochiOptions func(*mqtt.Options)
+	// connectTimeout replaces defaultConnectTimeout (tests).
+	connectTimeout time.Duration
 
 	Logger  zerolog.Logger        `yaml:"-"`
 	Metrics prometheus.Registerer `yaml:"-"`
@@ -84,7 +86,7 @@ type Config struct {
 type Broker struct {
 	srv     *mqtt.Server
 	ln      *listeners.TCP // nil when TCPAddr is Off
-	tlsLn   *listeners.TCP // nil without TLS
+	tlsLn   *listeners.Net // nil without TLS
 	ws      *wsListener    // nil without WSAddr
 	lns     []listeners.Listener
 	fwd     *forwardHook

@@ -13,7 +13,9 @@
 //
 // Plain TCP on TCPAddr (Off disables it); with Config.TLS, MQTT over TLS
 // (1.2 or later) on TLSAddr (default :8883); with WSAddr, MQTT over
-// WebSocket, wss when TLS is set. Every listener binds in New. Certificates
+// WebSocket, wss when TLS is set. Every listener binds in New. On the TLS
+// and WebSocket listeners the handshake and the CONNECT must arrive within
+// 10 s; then mochi's keepalive deadline applies. Certificates
 // are whatever Config.TLS holds: loaded once, so renewing them needs a
 // restart (or a GetCertificate that reloads).
 //

@@ -36,6 +36,26 @@ type CertAuthenticator interface {
 	AuthenticateCertificate(deviceID string, chain []*x509.Certificate) (registry.Session, error)
 }
 
+// defaultConnectTimeout bounds the TLS handshake and the CONNECT of a TLS
+// or WebSocket connection, so a client that opens a socket and sends
+// nothing does not hold a goroutine and a descriptor forever. After the
+// CONNECT mochi's keepalive deadline (1.5 × keepalive) takes over.
+const defaultConnectTimeout = 10 * time.Second
+
+// deadlineListener sets the connect deadline on every accepted connection.
+type deadlineListener struct {
+	net.Listener
+	timeout time.Duration
+}
+
+func (l deadlineListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err == nil {
+		_ = c.SetDeadline(time.Now().Add(l.timeout))
+	}
+	return c, err
+}
+
 // serverTLS is the broker's copy of the configured TLS settings: at least
 // TLS 1.2, and client certificates requested but not verified by the
 // handshake. Verification is the auth hook's (registry's) job, because a
@@ -80,6 +100,7 @@ func peerCertificates(cl *mqtt.Client) []*x509.Certificate {
 type wsListener struct {
 	id, addr string
 	tls      *tls.Config // nil: plain ws
+	timeout  time.Duration
 
 	ln        net.Listener
 	srv       *http.Server
@@ -127,9 +148,9 @@ func (l *wsListener) Init(log *slog.Logger) error {
 	l.ln = ln
 	mux := http.NewServeMux()
 	mux.HandleFunc("/", l.handle)
-	// The header timeout also bounds the TLS handshake. Hijacked
-	// connections are mochi's: its keepalive sets their deadlines.
-	l.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second,
+	// The header timeout also bounds the TLS handshake; handle bounds the
+	// CONNECT, then mochi's keepalive sets the deadlines.
+	l.srv = &http.Server{Handler: mux, ReadHeaderTimeout: l.timeout,
 		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug)}
 	return nil
 }
@@ -149,6 +170,8 @@ func (l *wsListener) handle(w http.ResponseWriter, r *http.Request) {
 		return // Upgrade answered with the HTTP error
 	}
 	defer c.Close()
+	// Upgrade cleared the HTTP server's deadlines; bound the CONNECT.
+	_ = c.UnderlyingConn().SetDeadline(time.Now().Add(l.timeout))
 	if err := l.establish(l.id, &wsConn{Conn: c.UnderlyingConn(), ws: c, state: r.TLS}); err != nil {
 		l.log.Debug("websocket client ended", "error", err)
 	}
@@ -231,14 +254,23 @@ func (b *Broker) listen(cfg Config, tlsCfg *tls.Config) error {
 			return err
 		}
 	}
+	timeout := cfg.connectTimeout
+	if timeout == 0 {
+		timeout = defaultConnectTimeout
+	}
 	if tlsCfg != nil {
-		b.tlsLn = listeners.NewTCP(listeners.Config{ID: "tls", Address: cfg.TLSAddr, TLSConfig: tlsCfg})
+		ln, err := net.Listen("tcp", cfg.TLSAddr)
+		if err != nil {
+			return fmt.Errorf("broker: MQTT TLS listen on %s: %w", cfg.TLSAddr, err)
+		}
+		b.tlsLn = listeners.NewNet("tls", tls.NewListener(deadlineListener{ln, timeout}, tlsCfg))
 		if err := add(b.tlsLn, "MQTT TLS", cfg.TLSAddr); err != nil {
+			ln.Close()
 			return err
 		}
 	}
 	if cfg.WSAddr != "" {
-		b.ws = &wsListener{id: "ws", addr: cfg.WSAddr, tls: tlsCfg}
+		b.ws = &wsListener{id: "ws", addr: cfg.WSAddr, tls: tlsCfg, timeout: timeout}
 		if err := add(b.ws, "MQTT WebSocket", cfg.WSAddr); err != nil {
 			return err
 		}

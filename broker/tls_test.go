@@ -16,6 +16,7 @@ import (
 
 	"github.com/eclipse/paho.golang/paho"
 	pahov3 "github.com/eclipse/paho.mqtt.golang"
+	"github.com/gorilla/websocket"
 	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/twmb/franz-go/pkg/kfake"
@@ -36,7 +37,7 @@ type tlsEnv struct {
 	devCA    *testcert.Cert
 }
 
-func newTLSEnv(t *testing.T, withTLS bool) *tlsEnv {
+func newTLSEnv(t *testing.T, withTLS bool, mods ...func(*Config)) *tlsEnv {
 	t.Helper()
 	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, testTopic))
 	if err != nil {
@@ -70,6 +71,9 @@ func newTLSEnv(t *testing.T, withTLS bool) *tlsEnv {
 		server := testcert.Issue(t, e.serverCA, testcert.Options{CommonName: "broker", Server: true})
 		cfg.TLS = &tls.Config{Certificates: []tls.Certificate{server.TLS()}}
 		cfg.TLSAddr = "127.0.0.1:0"
+	}
+	for _, m := range mods {
+		m(&cfg)
 	}
 	e.b, err = New(cfg)
 	if err != nil {
@@ -449,5 +453,47 @@ func TestMosquittoPubMutualTLS(t *testing.T) {
 	}
 	if out, err := run(otherCert, otherKey, "impostor"); err == nil {
 		t.Fatalf("mosquitto_pub with mosq-2's certificate as mosq-1 succeeded:\n%s", out)
+	}
+}
+
+// A TLS or WebSocket client that connects and sends nothing is dropped
+// after the connect timeout; one that sent its CONNECT lives by its
+// keepalive instead.
+func TestConnectTimeout(t *testing.T) {
+	const timeout = 300 * time.Millisecond
+	for _, withTLS := range []bool{true, false} {
+		e := newTLSEnv(t, withTLS, func(c *Config) { c.connectTimeout = timeout })
+		idle := []net.Conn{dialTCP(t, e.b.WSAddr())}
+		if withTLS {
+			idle = append(idle, dialTCP(t, e.b.TLSAddr()))
+		} else {
+			// Upgraded to WebSocket, then silent.
+			ws, _, err := websocket.DefaultDialer.Dial("ws://"+e.b.WSAddr()+"/mqtt", nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { ws.Close() })
+			idle = append(idle, ws.UnderlyingConn())
+		}
+		start := time.Now()
+		for i, c := range idle {
+			_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+			if _, err := c.Read(make([]byte, 1)); err == nil {
+				t.Fatalf("TLS %v, idle connection %d: read data, want closed", withTLS, i)
+			} else if ne, ok := err.(net.Error); ok && ne.Timeout() {
+				t.Fatalf("TLS %v, idle connection %d: still open after 10 s", withTLS, i)
+			}
+		}
+		t.Logf("TLS %v: idle connections closed after %v", withTLS, time.Since(start).Round(time.Millisecond))
+		if withTLS {
+			tok := e.create(t, "keep-1")
+			conn, err := tls.Dial("tcp", e.b.TLSAddr(), e.clientTLS(nil))
+			if err != nil {
+				t.Fatal(err)
+			}
+			lc := connectV5On(t, conn, "keepalive", "keep-1", tok)
+			time.Sleep(3 * timeout) // past the connect deadline: a deadline, not synchronisation
+			expectAlive(t, lc, "/devices/keep-1/events")
+		}
 	}
 }
