@@ -188,3 +188,13 @@ func (c *Cert) Files(t testing.TB, dir, name string) (certFile, keyFile string) 
 	}
 	return certFile, keyFile
 }
+
+// PoolFromPEM is a pool of the PEM certificates in text.
+func PoolFromPEM(t testing.TB, text string) *x509.CertPool {
+	t.Helper()
+	p := x509.NewCertPool()
+	if !p.AppendCertsFromPEM([]byte(text)) {
+		t.Fatal("testcert: no certificate in PEM")
+	}
+	return p
+}
