@@ -17,6 +17,7 @@ package api
 import (
 	"context"
 	"crypto/subtle"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -55,6 +56,8 @@ type Config struct {
 	Ready    func(context.Context) error
 	Gatherer prometheus.Gatherer // served on /metrics; nil = prometheus.DefaultGatherer
 	Logger   zerolog.Logger
+	// TLS, if set, serves HTTPS (TLS 1.2 or later) instead of HTTP.
+	TLS *tls.Config
 }
 
 // Server is the HTTP API.
@@ -98,9 +101,19 @@ func New(cfg Config) (*Server, error) {
 		finest = min(finest, s)
 	}
 	cfg.WindowSizes = append([]time.Duration{finest}, cfg.WindowSizes...)
+	var tlsCfg *tls.Config
+	if cfg.TLS != nil {
+		var err error
+		if tlsCfg, err = serverTLS(cfg.TLS); err != nil {
+			return nil, err
+		}
+	}
 	ln, err := net.Listen("tcp", cfg.Addr)
 	if err != nil {
 		return nil, fmt.Errorf("api: listen %s: %w", cfg.Addr, err)
+	}
+	if tlsCfg != nil {
+		ln = tls.NewListener(ln, tlsCfg)
 	}
 	cfg.Logger = cfg.Logger.With().Str("component", "api").Logger()
 	s := &Server{cfg: cfg, ln: ln}

@@ -33,6 +33,9 @@ type Credential struct {
 	Type      string    `json:"type"`
 	CreatedAt time.Time `json:"created_at"`
 	ExpiresAt time.Time `json:"expires_at,omitzero"`
+	// SHA256Fingerprint is the lowercase hex SHA-256 of the DER of a pinned
+	// client certificate (type X509_CERT_PEM); absent for other types.
+	SHA256Fingerprint string `json:"sha256_fingerprint,omitempty"`
 }
 
 func toDeviceJSON(d registry.Device) Device {
@@ -42,7 +45,7 @@ func toDeviceJSON(d registry.Device) Device {
 	}
 	creds := make([]Credential, len(d.Credentials))
 	for i, c := range d.Credentials {
-		creds[i] = Credential{Type: string(c.Type), CreatedAt: c.CreatedAt, ExpiresAt: c.ExpiresAt}
+		creds[i] = Credential{Type: string(c.Type), CreatedAt: c.CreatedAt, ExpiresAt: c.ExpiresAt, SHA256Fingerprint: c.Fingerprint()}
 	}
 	c := d.DeviceConfig()
 	return Device{ID: d.ID, Name: d.Name, Labels: labels, Blocked: d.Blocked, CreatedAt: d.CreatedAt, UpdatedAt: d.UpdatedAt,
@@ -51,10 +54,11 @@ func toDeviceJSON(d registry.Device) Device {
 }
 
 // NewCredential is the body of POST /api/v1/devices/{id}/credentials: a
-// public key for JWT authentication, typed as in Cloud IoT Core.
+// public key for JWT authentication, typed as in Cloud IoT Core, or the
+// device's TLS client certificate to pin (X509_CERT_PEM).
 type NewCredential struct {
-	Type      string     `json:"type"`       // RSA_PEM, RSA_X509_PEM, ES256_PEM or ES256_X509_PEM
-	PublicKey string     `json:"public_key"` // PEM text
+	Type      string     `json:"type"`       // RSA_PEM, RSA_X509_PEM, ES256_PEM, ES256_X509_PEM or X509_CERT_PEM
+	PublicKey string     `json:"public_key"` // PEM text: the key, or the certificate for *_X509_PEM and X509_CERT_PEM
 	ExpiresAt *time.Time `json:"expires_at,omitempty"`
 }
 

@@ -2,6 +2,7 @@ package broker
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -41,7 +42,16 @@ const (
 
 // Config configures a Broker.
 type Config struct {
-	TCPAddr   string        `yaml:"tcp_addr"` // default DefaultTCPAddr; "127.0.0.1:0" picks a free port
+	TCPAddr string `yaml:"tcp_addr"` // default DefaultTCPAddr; "127.0.0.1:0" picks a free port; Off disables
+	// TLS, if set, serves MQTT over TLS on TLSAddr and makes the WebSocket
+	// listener wss. It needs a server certificate; the broker uses a copy
+	// with at least TLS 1.2 that requests client certificates, verified by
+	// Auth if it is a CertAuthenticator (see listeners.go). Certificates are
+	// read once: rotate them by restarting, or set GetCertificate.
+	TLS     *tls.Config `yaml:"-"`
+	TLSAddr string      `yaml:"tls_addr"` // default DefaultTLSAddr, used when TLS is set
+	// WSAddr, if set, serves MQTT over WebSocket (wss when TLS is set).
+	WSAddr    string        `yaml:"ws_addr"`
 	Auth      Authenticator `yaml:"-"`
 	Forwarder Forwarder     `yaml:"-"` // normally *ingest.Forwarder
 	// StateTopic is the Kafka topic device state (/devices/D/state) goes
@@ -71,6 +81,8 @@ type Config struct {
 	// mochiOptions, if set, edits mochi's options last (tests: mochi's own
 	// defaults as a benchmark baseline).
 	mochiOptions func(*mqtt.Options)
+	// connectTimeout replaces defaultConnectTimeout (tests).
+	connectTimeout time.Duration
 
 	Logger  zerolog.Logger        `yaml:"-"`
 	Metrics prometheus.Registerer `yaml:"-"`
@@ -79,7 +91,10 @@ type Config struct {
 // Broker is the device-facing MQTT server.
 type Broker struct {
 	srv     *mqtt.Server
-	ln      *listeners.TCP
+	ln      *listeners.TCP // nil when TCPAddr is Off
+	tlsLn   *listeners.Net // nil without TLS
+	ws      *wsListener    // nil without WSAddr
+	lns     []listeners.Listener
 	fwd     *forwardHook
 	auth    *authHook
 	config  *configHook // nil unless Auth is a ConfigSource
@@ -103,6 +118,19 @@ func New(cfg Config) (*Broker, error) {
 	}
 	if cfg.TCPAddr == "" {
 		cfg.TCPAddr = DefaultTCPAddr
+	}
+	if cfg.TLSAddr == "" {
+		cfg.TLSAddr = DefaultTLSAddr
+	}
+	var tlsCfg *tls.Config
+	if cfg.TLS != nil {
+		var err error
+		if tlsCfg, err = serverTLS(cfg.TLS); err != nil {
+			return nil, err
+		}
+	}
+	if cfg.TCPAddr == Off && tlsCfg == nil && cfg.WSAddr == "" {
+		return nil, errors.New("broker: no listener: TCPAddr is off and neither TLS nor WSAddr is set")
 	}
 	if cfg.MaxInflightPerClient == 0 {
 		cfg.MaxInflightPerClient = DefaultMaxInflightPerClient
@@ -183,15 +211,21 @@ func New(cfg Config) (*Broker, error) {
 			return nil, fmt.Errorf("broker: add hook %s: %w", h.ID(), err)
 		}
 	}
-	ln := listeners.NewTCP(listeners.Config{ID: "tcp", Address: cfg.TCPAddr})
-	if err := srv.AddListener(ln); err != nil {
-		return nil, fmt.Errorf("broker: listen on %s: %w", cfg.TCPAddr, err)
+	b := &Broker{srv: srv, fwd: fwd, auth: auth, config: cfgHook, drainTO: cfg.DrainTimeout, log: log}
+	if err := b.listen(cfg, tlsCfg); err != nil {
+		b.closeListeners()
+		return nil, err
 	}
-	return &Broker{srv: srv, ln: ln, fwd: fwd, auth: auth, config: cfgHook, drainTO: cfg.DrainTimeout, log: log}, nil
+	return b, nil
 }
 
-// Addr is the address the broker listens on.
-func (b *Broker) Addr() string { return b.ln.Address() }
+// Addr is the address of the plain TCP listener ("" when it is Off).
+func (b *Broker) Addr() string {
+	if b.ln == nil {
+		return ""
+	}
+	return b.ln.Address()
+}
 
 // Run serves until ctx is done, then shuts down: it stops accepting
 // connections and publishes, waits (up to DrainTimeout) until every
@@ -212,10 +246,12 @@ func (b *Broker) Run(ctx context.Context) error {
 	if err := b.srv.Serve(); err != nil {
 		return fmt.Errorf("broker: serve: %w", err)
 	}
-	b.log.Info().Str("addr", b.Addr()).Msg("serving MQTT")
+	b.log.Info().Str("addr", b.Addr()).Str("tls_addr", b.TLSAddr()).Str("ws_addr", b.WSAddr()).Msg("serving MQTT")
 	<-ctx.Done()
 
-	b.ln.Close(func(string) {}) // stop accepting; clients are closed below, after draining
+	for _, ln := range b.lns {
+		ln.Close(func(string) {}) // stop accepting; clients are closed below, after draining
+	}
 	err := b.fwd.drain(b.drainTO)
 	for _, cl := range b.srv.Clients.GetAll() {
 		_ = b.srv.DisconnectClient(cl, packets.ErrServerShuttingDown)

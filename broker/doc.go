@@ -9,14 +9,30 @@
 // Three mochi hooks, one per concern: authentication (OnConnect), ACL
 // (OnACLCheck) and forwarding (OnPacketRead, OnPublish, OnDisconnect).
 //
+// # Listeners
+//
+// Plain TCP on TCPAddr (Off disables it); with Config.TLS, MQTT over TLS
+// (1.2 or later) on TLSAddr (default :8883); with WSAddr, MQTT over
+// WebSocket, wss when TLS is set. Every listener binds in New. On the TLS
+// and WebSocket listeners the handshake and the CONNECT must arrive within
+// 10 s; then mochi's keepalive deadline applies. Certificates
+// are whatever Config.TLS holds: loaded once, so renewing them needs a
+// restart (or a GetCertificate that reloads).
+//
 // # Identity
 //
 // The client id is a device id or projects/P/locations/L/registries/R/devices/D
-// (→ D); the username is ignored; the password is the device's access token.
+// (→ D); the username is ignored; the password is the device's access token
+// or a JWT. Over TLS a client certificate may stand in for the password:
+// the handshake requests one without verifying it, and the auth hook asks a
+// CertAuthenticator (the registry: a pinned X509_CERT_PEM credential, or a
+// chain to its client CA with the device id as CommonName). A client that
+// presents a certificate is judged by it alone, password or not.
 // CONNACK codes (v5 / v3.1.1):
 //
 //	malformed client id                          0x85 / 2 identifier rejected
 //	no password, unknown device, bad token       0x86 / 4 bad user name or password
+//	certificate admitting no or another device   0x86 / 4 bad user name or password
 //	blocked device                               0x87 / 5 not authorized
 //	registry failing, broker shutting down       0x88 / 3 server unavailable
 //
@@ -27,7 +43,8 @@
 // # Ending live sessions
 //
 // A session lasts only as long as what admitted it. A JWT session is closed
-// when the JWT expires (v5: DISCONNECT 0xA0 Maximum connect time). When Auth
+// when the JWT expires, a certificate session when the certificate (or its
+// pin) expires (v5: DISCONNECT 0xA0 Maximum connect time). When Auth
 // is a SessionAuthenticator (*registry.Registry), the broker also remembers
 // which credential each client proved (registry.Session.Credential: a digest
 // of the credential, stable when other credentials are removed and indexes
@@ -39,7 +56,9 @@
 // Administrative action (the spec's code for a connection ended by an
 // operator, unlike 0x87 which answers a request), 3.1.1 a closed socket since
 // the server has no DISCONNECT there. Token and JWT sessions are treated
-// alike; a session using another credential of the same device stays up.
+// alike, and so are pinned certificates; a session admitted by the client CA
+// holds no credential and ends on block or delete. A session using another
+// credential of the same device stays up.
 //
 // # Topics and ACL
 //

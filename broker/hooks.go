@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"sync"
 	"time"
@@ -90,6 +91,7 @@ type refusal struct {
 var (
 	refuseClientID    = refusal{"bad_client_id", packets.ErrClientIdentifierNotValid, 2}
 	refuseCredentials = refusal{"bad_credentials", packets.ErrBadUsernameOrPassword, 4}
+	refuseCertificate = refusal{"bad_certificate", packets.ErrBadUsernameOrPassword, 4}
 	refuseNoPassword  = refusal{"no_password", packets.ErrBadUsernameOrPassword, 4}
 	refuseUnknown     = refusal{"unknown_device", packets.ErrBadUsernameOrPassword, 4}
 	refuseBlocked     = refusal{"blocked", packets.ErrNotAuthorized, 5}
@@ -97,7 +99,7 @@ var (
 )
 
 func (h *authHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
-	r, sess, ok := h.decide(pk)
+	r, sess, ok := h.decide(cl, pk)
 	if ok && sess.Credential != "" && !h.track(cl, sess.Credential) {
 		r, ok = refuseBlocked, false // changed while we authenticated
 	}
@@ -119,8 +121,10 @@ func (h *authHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 }
 
 // decide authenticates a CONNECT; sess.Until is when the session must end
-// (zero: never).
-func (h *authHook) decide(pk packets.Packet) (r refusal, sess registry.Session, ok bool) {
+// (zero: never). A client that presented a TLS certificate is judged by it
+// alone: it needs no password, and a certificate that does not admit the
+// device refuses the connection whatever the password.
+func (h *authHook) decide(cl *mqtt.Client, pk packets.Packet) (r refusal, sess registry.Session, ok bool) {
 	if h.draining() {
 		return refuseUnavailable, sess, false
 	}
@@ -128,14 +132,30 @@ func (h *authHook) decide(pk packets.Packet) (r refusal, sess registry.Session, 
 	if err != nil {
 		return refuseClientID, sess, false
 	}
-	if !pk.Connect.PasswordFlag || len(pk.Connect.Password) == 0 {
+	certs := peerCertificates(cl)
+	ca, isCA := h.auth.(CertAuthenticator)
+	switch {
+	case len(certs) > 0 && isCA:
+		sess, err = ca.AuthenticateCertificate(dev, certs)
+	case len(certs) > 0:
+		err = fmt.Errorf("%w: client certificates are not accepted by this authenticator", registry.ErrBadCredentials)
+	case !pk.Connect.PasswordFlag || len(pk.Connect.Password) == 0:
 		return refuseNoPassword, sess, false
+	default:
+		sess, err = h.password(dev, pk.Connect.Password)
 	}
+	return h.answer(dev, err, sess, len(certs) > 0)
+}
+
+func (h *authHook) password(dev string, password []byte) (registry.Session, error) {
 	if sa, isSA := h.auth.(SessionAuthenticator); isSA {
-		sess, err = sa.AuthenticateSession(dev, pk.Connect.Password)
-	} else {
-		err = h.auth.Authenticate(dev, pk.Connect.Password)
+		return sa.AuthenticateSession(dev, password)
 	}
+	return registry.Session{}, h.auth.Authenticate(dev, password)
+}
+
+// answer maps an authentication result to the CONNACK.
+func (h *authHook) answer(dev string, err error, sess registry.Session, cert bool) (r refusal, _ registry.Session, ok bool) {
 	switch {
 	case err == nil:
 		return refusal{}, sess, true
@@ -145,6 +165,9 @@ func (h *authHook) decide(pk packets.Packet) (r refusal, sess registry.Session, 
 		// The reason (wrong key, aud, expired...) is for the operator; the
 		// error never holds the password.
 		h.log.Debug().Err(err).Msg("bad credentials")
+		if cert {
+			return refuseCertificate, sess, false
+		}
 		return refuseCredentials, sess, false
 	case errors.Is(err, registry.ErrBlocked):
 		return refuseBlocked, sess, false
@@ -167,7 +190,8 @@ func (h *authHook) track(cl *mqtt.Client, credential string) bool {
 	}
 	h.conns[dev] = append(h.conns[dev], tracked{cl, credential})
 	h.mu.Unlock()
-	if h.auth.(SessionAuthenticator).SessionValid(dev, credential) {
+	sa, isSA := h.auth.(SessionAuthenticator)
+	if !isSA || sa.SessionValid(dev, credential) {
 		return true
 	}
 	h.untrack(dev, cl)

@@ -26,7 +26,7 @@ const (
 // minRSABits is the smallest RSA key accepted, as in Cloud IoT Core.
 const minRSABits = 2048
 
-// CredentialSpec is a public-key credential to add to a device.
+// CredentialSpec is a public-key or certificate credential to add to a device.
 type CredentialSpec struct {
 	Type CredentialType
 	PEM  string
@@ -52,7 +52,7 @@ func (t CredentialType) jwtAlg() string {
 func parsePublicKey(t CredentialType, text string) (crypto.PublicKey, error) {
 	alg := t.jwtAlg()
 	if alg == "" {
-		return nil, fmt.Errorf("%w: unknown type %q (want RSA_PEM, RSA_X509_PEM, ES256_PEM or ES256_X509_PEM)", ErrInvalidCredential, t)
+		return nil, fmt.Errorf("%w: unknown type %q (want RSA_PEM, RSA_X509_PEM, ES256_PEM, ES256_X509_PEM or X509_CERT_PEM)", ErrInvalidCredential, t)
 	}
 	block, rest := pem.Decode([]byte(text))
 	if block == nil {
@@ -111,7 +111,8 @@ func pemTrim(b []byte) []byte {
 	return b
 }
 
-// AddCredential adds a public-key credential to a device.
+// AddCredential adds a public-key credential (for JWTs) or a pinned TLS
+// client certificate (X509_CERT_PEM, see x509.go) to a device.
 //
 // A binary older than public keys keeps ignoring them on authentication, but
 // its read-modify-write updates (SetBlocked, SetMetadata) drop the
@@ -121,10 +122,14 @@ func pemTrim(b []byte) []byte {
 // ErrInvalidCredential for a bad type, PEM or key, ErrTooManyCredentials
 // when the device already holds MaxCredentials, or ErrNotFound.
 func (r *Registry) AddCredential(ctx context.Context, id string, spec CredentialSpec) error {
-	if _, err := parsePublicKey(spec.Type, spec.PEM); err != nil {
+	now := r.now().UTC()
+	if spec.Type == CredentialX509CertPEM {
+		if _, err := parseCertCredential(spec.PEM, now); err != nil {
+			return err
+		}
+	} else if _, err := parsePublicKey(spec.Type, spec.PEM); err != nil {
 		return err
 	}
-	now := r.now().UTC()
 	if !spec.ExpiresAt.IsZero() && !spec.ExpiresAt.After(now) {
 		return fmt.Errorf("%w: expiry %s is in the past", ErrInvalidCredential, spec.ExpiresAt.Format(time.RFC3339))
 	}

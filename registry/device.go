@@ -43,9 +43,10 @@ type Spec struct {
 }
 
 // CredentialType says how a credential proves the device's identity: an
-// access token or a public key for JWTs (see credentials.go). X.509 client
-// certificates will add types; a follower that does not know a type ignores
-// that credential, so an old instance fails closed instead of accepting it.
+// access token, a public key for JWTs (see credentials.go) or a pinned TLS
+// client certificate (x509.go). A follower that does not know a type
+// ignores that credential, so an old instance fails closed instead of
+// accepting it.
 type CredentialType string
 
 // CredentialToken is a random access token, stored only as its SHA-256.
@@ -62,7 +63,8 @@ type Credential struct {
 	// itself is never stored, logged or written to Kafka.
 	TokenSHA256 []byte `json:"token_sha256,omitempty"`
 	// PublicKey is the PEM text of a public-key credential (RSA_PEM,
-	// ES256_PEM, ...): public, so stored as given.
+	// ES256_PEM, ...) or of a pinned certificate (X509_CERT_PEM): public,
+	// so stored as given.
 	PublicKey string `json:"public_key,omitempty"`
 }
 

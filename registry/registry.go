@@ -30,6 +30,7 @@ package registry
 import (
 	"context"
 	"crypto"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"maps"
@@ -67,6 +68,9 @@ type Config struct {
 	// ClockSkew is how far a JWT's iat may lie ahead and its exp behind;
 	// zero means DefaultClockSkew.
 	ClockSkew time.Duration
+	// ClientCAs, if set, admit a TLS client certificate that chains to
+	// them as the device named by its CommonName (AuthenticateCertificate).
+	ClientCAs *x509.CertPool
 }
 
 // startTimeout bounds the work New does against Kafka (ping, topic

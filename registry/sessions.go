@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 )
@@ -37,7 +38,8 @@ func (c Credential) ref() string {
 
 // SessionValid reports whether a session of the device opened with the
 // credential (Session.Credential) may go on: the device exists, is not
-// blocked, and still holds that credential, unexpired. The broker asks it
+// blocked, and still holds that credential, unexpired (a session admitted by
+// the client CA needs no credential). The broker asks it
 // when Watch says the device changed.
 func (r *Registry) SessionValid(deviceID, credential string) bool {
 	r.mu.RLock()
@@ -45,6 +47,9 @@ func (r *Registry) SessionValid(deviceID, credential string) bool {
 	e, ok := r.devices[deviceID]
 	if !ok || e.dev.Blocked {
 		return false
+	}
+	if strings.HasPrefix(credential, caRefPrefix) {
+		return true // admitted by the client CA, not by a credential of the device
 	}
 	i := slices.Index(e.refs, credential)
 	if i < 0 {

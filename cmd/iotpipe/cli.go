@@ -3,6 +3,7 @@ package main
 import (
 	"cmp"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -29,13 +30,14 @@ import (
 
 // clientFlags are the flags of the subcommands that talk to a running API.
 type clientFlags struct {
-	apiURL, token, dataDir string
+	apiURL, token, dataDir, apiCA string
 }
 
 func (c *clientFlags) add(fs *flag.FlagSet) {
 	fs.StringVar(&c.apiURL, "api", "http://127.0.0.1:8080", "iotpipe API base URL")
 	fs.StringVar(&c.token, "api-token", "", "API bearer token (default: the admin token in --data-dir)")
 	fs.StringVar(&c.dataDir, "data-dir", "data", "data directory of a local `iotpipe run`, to find its admin token")
+	fs.StringVar(&c.apiCA, "api-ca", "", "PEM CA certificate(s) to verify an https:// --api with (default: the system's roots)")
 }
 
 func (c *clientFlags) client() (*api.Client, error) {
@@ -43,7 +45,14 @@ func (c *clientFlags) client() (*api.Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	return api.NewClient(c.apiURL, tok)
+	if c.apiCA == "" {
+		return api.NewClient(c.apiURL, tok)
+	}
+	pool, err := api.CAPool(c.apiCA)
+	if err != nil {
+		return nil, fmt.Errorf("--api-ca: %w", err)
+	}
+	return api.NewClientTLS(c.apiURL, tok, &tls.Config{RootCAs: pool})
 }
 
 func runDevices(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -63,7 +72,7 @@ func runDevices(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	cfgf.add(fs)
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, "Usage: iotpipe devices create ID | list | get ID | set ID | delete ID | block ID | unblock ID |\n"+
-			"       credentials add ID --type T --public-key-file F [--expires RFC3339] | credentials remove ID INDEX |\n"+
+			"       credentials add ID --type T --public-key-file F [--expires RFC3339] | credentials list ID | credentials remove ID INDEX |\n"+
 			"       config ID [--data S | --data-file F [--version-to-update N]] | config-versions ID | state ID [flags]")
 		fs.PrintDefaults()
 	}

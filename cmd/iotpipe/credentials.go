@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"strconv"
+	"text/tabwriter"
 	"time"
 
 	"github.com/iotpipe/iotpipe/api"
@@ -18,13 +19,13 @@ type credentialFlags struct {
 }
 
 func (c *credentialFlags) add(fs *flag.FlagSet) {
-	fs.StringVar(&c.typ, "type", "", "credentials add: RSA_PEM, RSA_X509_PEM, ES256_PEM or ES256_X509_PEM")
+	fs.StringVar(&c.typ, "type", "", "credentials add: RSA_PEM, RSA_X509_PEM, ES256_PEM, ES256_X509_PEM (JWT keys) or X509_CERT_PEM (pinned TLS client certificate)")
 	fs.StringVar(&c.keyFile, "public-key-file", "", "credentials add: PEM file with the public key or certificate")
 	fs.StringVar(&c.expires, "expires", "", "credentials add: expiry, RFC 3339 (default: never)")
 }
 
-// run does `credentials add ID` and `credentials remove ID INDEX`; pos
-// starts after "credentials".
+// run does `credentials add ID`, `credentials list ID` and `credentials
+// remove ID INDEX`; pos starts after "credentials".
 func (c *credentialFlags) run(ctx context.Context, cl *api.Client, pos []string, stdout io.Writer) error {
 	switch {
 	case len(pos) == 2 && pos[0] == "add":
@@ -48,6 +49,21 @@ func (c *credentialFlags) run(ctx context.Context, cl *api.Client, pos []string,
 			return err
 		}
 		return printJSON(stdout, d)
+	case len(pos) == 2 && pos[0] == "list":
+		d, err := cl.Device(ctx, pos[1])
+		if err != nil {
+			return err
+		}
+		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "INDEX\tTYPE\tCREATED\tEXPIRES\tSHA256 FINGERPRINT")
+		for i, c := range d.Credentials {
+			exp := "never"
+			if !c.ExpiresAt.IsZero() {
+				exp = c.ExpiresAt.Format(time.RFC3339)
+			}
+			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\n", i, c.Type, c.CreatedAt.Format(time.RFC3339), exp, c.SHA256Fingerprint)
+		}
+		return tw.Flush()
 	case len(pos) == 3 && pos[0] == "remove":
 		i, err := strconv.Atoi(pos[2])
 		if err != nil {

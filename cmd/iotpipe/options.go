@@ -47,6 +47,8 @@ type options struct {
 	httpAddr   string
 	adminToken string
 	readToken  string
+
+	tls tlsOptions
 }
 
 func defaultOptions() *options {
@@ -92,16 +94,18 @@ func (o *options) addProcessor(fs *flag.FlagSet) {
 }
 
 func (o *options) addBroker(fs *flag.FlagSet) {
-	fs.StringVar(&o.mqttAddr, "mqtt-addr", ":1883", "MQTT TCP listen address")
+	fs.StringVar(&o.mqttAddr, "mqtt-addr", ":1883", "MQTT TCP listen address (empty or off: no plain TCP listener)")
 	fs.IntVar(&o.maxPayload, "max-payload", 256<<10, "largest accepted MQTT packet in bytes; larger ones disconnect the client")
 	fs.IntVar(&o.maxInflight, "max-inflight", 256, "QoS 1 messages per connection awaiting Kafka before the broker stops reading from it")
 	fs.StringVar(&o.jwtAudience, "jwt-audience", "", "project id a device JWT's aud must equal (Cloud IoT Core's project id); empty refuses JWT passwords")
+	o.tls.addBroker(fs)
 }
 
 func (o *options) addAPI(fs *flag.FlagSet) {
 	fs.StringVar(&o.httpAddr, "http-addr", ":8080", "HTTP API listen address")
 	fs.StringVar(&o.adminToken, "admin-token", "", "API admin bearer token (empty: generated once and kept in <data-dir>/admin-token)")
 	fs.StringVar(&o.readToken, "read-token", "", "API read-only bearer token for dashboards (empty: generated once and kept in <data-dir>/read-token)")
+	o.tls.addAPI(fs)
 }
 
 // addOps is the health and metrics listener of subcommands without the API.
@@ -122,7 +126,7 @@ func (o *options) validate() error {
 	if o.partitions < 1 {
 		return fmt.Errorf("--partitions must be at least 1")
 	}
-	return nil
+	return o.tls.load()
 }
 
 func (o *options) path(elem ...string) string {

@@ -140,7 +140,8 @@ func (e *env) openStore(ctx context.Context) (*storage.Store, error) {
 }
 
 func (e *env) newRegistry() (*registry.Registry, error) {
-	return registry.New(registry.Config{Kafka: e.kafka, Topic: e.topics.Registry, Logger: e.log, JWTAudience: e.o.jwtAudience})
+	return registry.New(registry.Config{Kafka: e.kafka, Topic: e.topics.Registry, Logger: e.log, JWTAudience: e.o.jwtAudience,
+		ClientCAs: e.o.tls.clientCAs})
 }
 
 func (e *env) newAPI(reg *registry.Registry, st *storage.Store, states *devicestate.Store, ready func(context.Context) error) (*api.Server, error) {
@@ -154,7 +155,7 @@ func (e *env) newAPI(reg *registry.Registry, st *storage.Store, states *devicest
 	}
 	return api.New(api.Config{
 		Addr: e.o.httpAddr, Registry: reg, Store: st, States: states, AdminToken: tok, ReadToken: rtok, WindowSizes: e.o.windowSizes,
-		Ready: ready, Gatherer: e.metrics, Logger: e.log,
+		Ready: ready, Gatherer: e.metrics, Logger: e.log, TLS: e.o.tls.api,
 	})
 }
 
@@ -201,8 +202,13 @@ func (e *env) newBroker(reg *registry.Registry) (*broker.Broker, *ingest.Forward
 	if err != nil {
 		return nil, nil, err
 	}
+	tcp := e.o.mqttAddr
+	if tcp == "" {
+		tcp = broker.Off
+	}
 	br, err := broker.New(broker.Config{
-		TCPAddr: e.o.mqttAddr, Auth: reg, Forwarder: fwd, StateTopic: e.topics.State, MaxInflightPerClient: e.o.maxInflight,
+		TCPAddr: tcp, TLS: e.o.tls.broker, TLSAddr: e.o.tls.mqttAddr, WSAddr: e.o.tls.mqttWSAddr, Auth: reg, Forwarder: fwd,
+		StateTopic: e.topics.State, MaxInflightPerClient: e.o.maxInflight,
 		MaxPayloadBytes: e.o.maxPayload, Logger: e.log, Metrics: e.metrics,
 	})
 	if err != nil {
@@ -281,7 +287,7 @@ func runAll(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		closeForwarder(fwd, e.log)
 		return err
 	}
-	e.log.Info().Str("mqtt", br.Addr()).Str("http", srv.Addr()).Str("data_dir", e.o.dataDir).
+	e.log.Info().Str("mqtt", br.Addr()).Str("mqtt_tls", br.TLSAddr()).Str("mqtt_ws", br.WSAddr()).Str("http", srv.Addr()).Str("data_dir", e.o.dataDir).
 		Msg("iotpipe running; create a device with `iotpipe devices create <id>`")
 	return runGroups(ctx, e.log, []group{
 		// The broker goes first so no message is taken after ingest is flushed.
