@@ -2,6 +2,7 @@ package api
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -19,6 +20,9 @@ type Client struct {
 	base  *url.URL
 	token string
 	http  *http.Client
+	// pageSize is the page_size Devices lists with; 0 is MaxPageSize (tests
+	// make it small to cross page boundaries).
+	pageSize int
 }
 
 // NewClient returns a client for the API at baseURL (e.g. http://127.0.0.1:8080).
@@ -102,7 +106,7 @@ func (c *Client) UpdateDevice(ctx context.Context, id string, u DeviceUpdate) (D
 // ("site=a,floor=2"; empty: all), following the pages of the listing.
 func (c *Client) Devices(ctx context.Context, selector string) ([]Device, error) {
 	var all []Device
-	p := DevicesPageParams{Selector: selector, PageSize: MaxPageSize}
+	p := DevicesPageParams{Selector: selector, PageSize: cmp.Or(c.pageSize, MaxPageSize)}
 	for {
 		page, err := c.DevicesPage(ctx, p)
 		if err != nil {

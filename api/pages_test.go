@@ -69,6 +69,20 @@ func TestDevicePages(t *testing.T) {
 	if !slices.Equal(ids(list), all) {
 		t.Fatalf("Devices: %d devices %v..., want the %d created in id order", len(list), ids(list)[:min(5, len(list))], n)
 	}
+	for _, size := range []int{1, 7, n - 1, n} { // what the CLI's `devices list` does, across page boundaries
+		cl.pageSize = size
+		for _, sel := range []string{"", "site=a"} {
+			list, err := cl.Devices(ctx, sel)
+			want := all
+			if sel != "" {
+				want = siteA
+			}
+			if err != nil || !slices.Equal(ids(list), want) {
+				t.Fatalf("Devices(%q) with page size %d: %d devices, %v; want %d", sel, size, len(list), err, len(want))
+			}
+		}
+	}
+	cl.pageSize = 0
 
 	for _, tc := range []struct {
 		name      string

@@ -43,7 +43,7 @@ func TestMQTTRefusalMatrix(t *testing.T) {
 	const aud = "matrix-project"
 	const maxPayload = 4096
 	p.start("--jwt-audience", aud, "--max-payload", strconv.Itoa(maxPayload))
-	m := &matrix{t: t, p: p, aud: aud}
+	m := &refusalMatrix{t: t, p: p, aud: aud}
 
 	// Devices, credentials and blocks through the CLI, as an operator does.
 	m.token = p.createDevice("mx-dev")
@@ -98,7 +98,7 @@ func TestMQTTRefusalMatrix(t *testing.T) {
 		{row: "JWT signed by a key the device does not have", v5: "CONNACK 0x86", v3: "CONNACK 4", id: cloudPath("mx-dev"), pw: jwt(other, nil)},
 		{row: "JWT with alg HS256 or none", v5: "CONNACK 0x86", v3: "CONNACK 4", id: cloudPath("mx-dev"), pw: tok(hs256),
 			run: func(v int) string {
-				return same(m.connectOutcome(v, cloudPath("mx-dev"), hs256), m.connectOutcome(v, cloudPath("mx-dev"), none))
+				return sameOutcome(m.connectOutcome(v, cloudPath("mx-dev"), hs256), m.connectOutcome(v, cloudPath("mx-dev"), none))
 			}},
 		{row: "JWT with another `aud`", v5: "CONNACK 0x86", v3: "CONNACK 4", id: cloudPath("mx-dev"),
 			pw: jwt(ec, map[string]any{"aud": "another-project"})},
@@ -109,12 +109,12 @@ func TestMQTTRefusalMatrix(t *testing.T) {
 		{row: "JWT of another device", v5: "CONNACK 0x86", v3: "CONNACK 4", id: cloudPath("mx-other"), pw: jwt(ec, nil)},
 		{row: "JWT whose credential expired", v5: "CONNACK 0x86", v3: "CONNACK 4", id: cloudPath("mx-exp"), pw: jwt(ec, nil),
 			run: func(v int) string {
-				waitUntil(credExpiry.Add(100 * time.Millisecond))
+				sleepUntil(credExpiry.Add(100 * time.Millisecond))
 				return m.connectOutcome(v, cloudPath("mx-exp"), m.jwt(ec, nil))
 			}},
 		{row: "blocked device (valid token or JWT)", v5: "CONNACK 0x87", v3: "CONNACK 5", id: "mx-blocked", pw: tok(blockedToken),
 			run: func(v int) string {
-				return same(m.connectOutcome(v, "mx-blocked", blockedToken), m.connectOutcome(v, cloudPath("mx-blocked"), m.jwt(ec, nil)))
+				return sameOutcome(m.connectOutcome(v, "mx-blocked", blockedToken), m.connectOutcome(v, cloudPath("mx-blocked"), m.jwt(ec, nil)))
 			}},
 		{row: "publish to another device's topic", v5: "PUBACK 0x87, connection stays", v3: "connection closed",
 			run: func(v int) string {
@@ -275,8 +275,8 @@ func cloudPath(id string) string {
 	return "projects/matrix-project/locations/l/registries/r/devices/" + id
 }
 
-// same returns the outcome when every attempt of a row agrees.
-func same(outcomes ...string) string {
+// sameOutcome returns the outcome when every attempt of a row agrees.
+func sameOutcome(outcomes ...string) string {
 	for _, o := range outcomes[1:] {
 		if o != outcomes[0] {
 			return "different outcomes: " + strings.Join(outcomes, " / ")
@@ -285,23 +285,23 @@ func same(outcomes ...string) string {
 	return outcomes[0]
 }
 
-func waitUntil(t time.Time) {
+func sleepUntil(t time.Time) {
 	if d := time.Until(t); d > 0 {
 		time.Sleep(d) // a wall-clock expiry: there is no condition to poll
 	}
 }
 
-// matrix holds what the cases share.
-type matrix struct {
+// refusalMatrix holds what the cases share.
+type refusalMatrix struct {
 	t     *testing.T
 	p     *pipeline
 	aud   string
 	token string // mx-dev's access token
 }
 
-func (m *matrix) addr() string { return fmt.Sprintf("127.0.0.1:%d", m.p.mqttPort) }
+func (m *refusalMatrix) addr() string { return fmt.Sprintf("127.0.0.1:%d", m.p.mqttPort) }
 
-func (m *matrix) newEC() *ecdsa.PrivateKey {
+func (m *refusalMatrix) newEC() *ecdsa.PrivateKey {
 	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		m.t.Fatal(err)
@@ -309,7 +309,7 @@ func (m *matrix) newEC() *ecdsa.PrivateKey {
 	return k
 }
 
-func (m *matrix) newRSA() *rsa.PrivateKey {
+func (m *refusalMatrix) newRSA() *rsa.PrivateKey {
 	k, err := rsa.GenerateKey(rand.Reader, 2048)
 	if err != nil {
 		m.t.Fatal(err)
@@ -318,7 +318,7 @@ func (m *matrix) newRSA() *rsa.PrivateKey {
 }
 
 // addKey adds pub to the device with `iotpipe devices credentials add`.
-func (m *matrix) addKey(id, typ string, pub any, expires string) {
+func (m *refusalMatrix) addKey(id, typ string, pub any, expires string) {
 	m.t.Helper()
 	der, err := x509.MarshalPKIXPublicKey(pub)
 	if err != nil {
@@ -339,7 +339,7 @@ func (m *matrix) addKey(id, typ string, pub any, expires string) {
 
 // claims are valid Cloud IoT Core claims (aud, iat now, exp in an hour)
 // with over's entries replacing them.
-func (m *matrix) claims(over map[string]any) map[string]any {
+func (m *refusalMatrix) claims(over map[string]any) map[string]any {
 	now := time.Now()
 	c := map[string]any{"aud": m.aud, "iat": now.Unix(), "exp": now.Add(time.Hour).Unix()}
 	for k, v := range over {
@@ -348,7 +348,7 @@ func (m *matrix) claims(over map[string]any) map[string]any {
 	return c
 }
 
-func (m *matrix) jwt(key any, over map[string]any) string {
+func (m *refusalMatrix) jwt(key any, over map[string]any) string {
 	m.t.Helper()
 	s, err := testjwt.Sign(testjwt.AlgFor(key), key, m.claims(over))
 	if err != nil {
@@ -357,9 +357,9 @@ func (m *matrix) jwt(key any, over map[string]any) string {
 	return s
 }
 
-// session is a connection of a Paho client (v5 or v3) that notes how it
+// mqttSession is a connection of a Paho client (v5 or v3) that notes how it
 // ended: the v5 DISCONNECT reason code, or a closed connection.
-type session struct {
+type mqttSession struct {
 	v       int
 	connack byte
 	err     error
@@ -372,12 +372,12 @@ type session struct {
 	how     string
 }
 
-func (s *session) end(how string) {
+func (s *mqttSession) end(how string) {
 	s.once.Do(func() { s.endedAt, s.how = time.Now(), how; close(s.done) })
 }
 
 // ended waits up to d for the end of the session and returns it.
-func (s *session) ended(t *testing.T, d time.Duration) string {
+func (s *mqttSession) ended(t *testing.T, d time.Duration) string {
 	select { // first, so a d already past does not race an ended session
 	case <-s.done:
 		return s.how
@@ -391,9 +391,9 @@ func (s *session) ended(t *testing.T, d time.Duration) string {
 	}
 }
 
-func (m *matrix) connectV5(clientID, password string) *session {
+func (m *refusalMatrix) connectV5(clientID, password string) *mqttSession {
 	m.t.Helper()
-	s := &session{v: 5, done: make(chan struct{})}
+	s := &mqttSession{v: 5, done: make(chan struct{})}
 	conn, err := net.Dial("tcp", m.addr())
 	if err != nil {
 		m.t.Fatal(err)
@@ -417,9 +417,9 @@ func (m *matrix) connectV5(clientID, password string) *session {
 	return s
 }
 
-func (m *matrix) connectV3(clientID, password string) *session {
+func (m *refusalMatrix) connectV3(clientID, password string) *mqttSession {
 	m.t.Helper()
-	s := &session{v: 3, done: make(chan struct{})}
+	s := &mqttSession{v: 3, done: make(chan struct{})}
 	opts := mqtt.NewClientOptions().AddBroker("tcp://" + m.addr()).SetClientID(clientID).SetUsername("unused").
 		SetProtocolVersion(4).SetAutoReconnect(false).SetConnectTimeout(10 * time.Second).
 		SetConnectionLostHandler(func(mqtt.Client, error) { s.end("connection closed") })
@@ -436,7 +436,7 @@ func (m *matrix) connectV3(clientID, password string) *session {
 	return s
 }
 
-func (s *session) connackOutcome() string {
+func (s *mqttSession) connackOutcome() string {
 	switch {
 	case s.err != nil:
 		return s.err.Error()
@@ -446,9 +446,9 @@ func (s *session) connackOutcome() string {
 	return fmt.Sprintf("CONNACK %d", s.connack)
 }
 
-func (m *matrix) connectOutcome(v int, clientID, password string) string {
+func (m *refusalMatrix) connectOutcome(v int, clientID, password string) string {
 	m.t.Helper()
-	var s *session
+	var s *mqttSession
 	if v == 5 {
 		s = m.connectV5(clientID, password)
 		if s.connack == 0 && s.err == nil {
@@ -463,9 +463,9 @@ func (m *matrix) connectOutcome(v int, clientID, password string) string {
 
 // afterConnect connects mx-dev with its token, does act and returns what
 // the client observed.
-func (m *matrix) afterConnect(v int, act func(m *matrix, s *session) string) string {
+func (m *refusalMatrix) afterConnect(v int, act func(m *refusalMatrix, s *mqttSession) string) string {
 	m.t.Helper()
-	var s *session
+	var s *mqttSession
 	if v == 5 {
 		s = m.connectV5("mx-dev", m.token)
 	} else {
@@ -480,8 +480,8 @@ func (m *matrix) afterConnect(v int, act func(m *matrix, s *session) string) str
 // publishTo publishes and returns "PUBACK 0x87, connection stays" when a
 // v5 PUBACK refuses it and a publish to the device's own topic still
 // succeeds afterwards; else how the connection ended.
-func publishTo(topic string, qos byte, payload []byte) func(m *matrix, s *session) string {
-	return func(m *matrix, s *session) string {
+func publishTo(topic string, qos byte, payload []byte) func(m *refusalMatrix, s *mqttSession) string {
+	return func(m *refusalMatrix, s *mqttSession) string {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		if s.v == 5 {
@@ -515,8 +515,8 @@ func publishTo(topic string, qos byte, payload []byte) func(m *matrix, s *sessio
 }
 
 // subscribeTo subscribes at QoS 1 and returns the SUBACK reason code.
-func subscribeTo(filter string) func(m *matrix, s *session) string {
-	return func(m *matrix, s *session) string {
+func subscribeTo(filter string) func(m *refusalMatrix, s *mqttSession) string {
+	return func(m *refusalMatrix, s *mqttSession) string {
 		defer func() {
 			if s.v == 5 {
 				_ = s.v5.Disconnect(&paho.Disconnect{})
@@ -544,12 +544,12 @@ func subscribeTo(filter string) func(m *matrix, s *session) string {
 // cut connects the device with its token over v5 and v3 (the first call
 // connects both, then runs the CLI command), and returns how the session
 // of version v ended.
-func (m *matrix) cut(id string, tokens map[string]string, cli ...string) func(v int) string {
-	var sessions map[int]*session
+func (m *refusalMatrix) cut(id string, tokens map[string]string, cli ...string) func(v int) string {
+	var sessions map[int]*mqttSession
 	var start time.Time
 	return func(v int) string {
 		if sessions == nil {
-			sessions = map[int]*session{5: m.connectV5(id, tokens[id]), 3: m.connectV3(cloudPath(id), tokens[id])}
+			sessions = map[int]*mqttSession{5: m.connectV5(id, tokens[id]), 3: m.connectV3(cloudPath(id), tokens[id])}
 			for v, s := range sessions {
 				if s.err != nil || s.connack != 0 {
 					m.t.Fatalf("%s, MQTT %s: %s", id, versionName(v), s.connackOutcome())
@@ -572,7 +572,7 @@ func (m *matrix) cut(id string, tokens map[string]string, cli ...string) func(v 
 
 // rawV5QoS2 connects with a raw MQTT 5 client, sends a QoS 2 PUBLISH and
 // returns how the server ended the connection.
-func (m *matrix) rawV5QoS2(id, token string) string {
+func (m *refusalMatrix) rawV5QoS2(id, token string) string {
 	m.t.Helper()
 	conn, err := net.Dial("tcp", m.addr())
 	if err != nil {
@@ -592,14 +592,14 @@ func (m *matrix) rawV5QoS2(id, token string) string {
 	write(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}, ProtocolVersion: 5,
 		Connect: packets.ConnectParams{ProtocolName: []byte("MQTT"), ClientIdentifier: id, Clean: true, Keepalive: 60,
 			PasswordFlag: true, Password: []byte(token)}}, (*packets.Packet).ConnectEncode)
-	if pk, err := readRaw(conn, r); err != nil || pk.FixedHeader.Type != packets.Connack || pk.ReasonCode != 0 {
+	if pk, err := readRawV5(conn, r); err != nil || pk.FixedHeader.Type != packets.Connack || pk.ReasonCode != 0 {
 		m.t.Fatalf("raw v5 connect: %+v %v", pk, err)
 	}
 	write(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 2}, ProtocolVersion: 5, PacketID: 1,
 		TopicName: "/devices/" + id + "/events", Payload: []byte(`{"t": 1}`)}, (*packets.Packet).PublishEncode)
 	out := "connection closed"
 	for {
-		pk, err := readRaw(conn, r)
+		pk, err := readRawV5(conn, r)
 		if err != nil {
 			var ne net.Error
 			if errors.As(err, &ne) && ne.Timeout() {
@@ -615,8 +615,8 @@ func (m *matrix) rawV5QoS2(id, token string) string {
 	}
 }
 
-// readRaw reads one MQTT 5 packet (CONNACK or DISCONNECT are decoded).
-func readRaw(conn net.Conn, r *bufio.Reader) (packets.Packet, error) {
+// readRawV5 reads one MQTT 5 packet (CONNACK or DISCONNECT are decoded).
+func readRawV5(conn net.Conn, r *bufio.Reader) (packets.Packet, error) {
 	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
 	hb, err := r.ReadByte()
 	if err != nil {
@@ -658,7 +658,7 @@ var mosquittoConnack = map[string]string{
 
 // mosquittoAgrees repeats a CONNECT row with mosquitto_pub: the same client
 // id and password must be accepted (exit 0) or refused with the same code.
-func (m *matrix) mosquittoAgrees(tc refusalCase, v int, want string) {
+func (m *refusalMatrix) mosquittoAgrees(tc refusalCase, v int, want string) {
 	m.t.Helper()
 	row, id, password := tc.row, tc.id, tc.pw()
 	args := []string{"-h", "127.0.0.1", "-p", strconv.Itoa(m.p.mqttPort), "-q", "1", "-i", id, "-u", "unused",
