@@ -1,6 +1,7 @@
 package api
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"go/ast"
@@ -9,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -478,5 +480,33 @@ func TestOpenAPIServed(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusUnauthorized {
 		t.Errorf("/api/v1/info without a token: %d, want 401", resp.StatusCode)
+	}
+}
+
+// An independent validator of the OpenAPI 3.1 schema itself, when the
+// machine has it (pip install openapi-spec-validator).
+func TestOpenAPIValidatesWithOpenAPISpecValidator(t *testing.T) {
+	const script = `import json, sys
+from openapi_spec_validator import OpenAPIV31SpecValidator
+errs = list(OpenAPIV31SpecValidator(json.load(sys.stdin)).iter_errors())
+for e in errs[:20]:
+    print("/".join(map(str, e.path)) + ": " + e.message[:300])
+sys.exit(1 if errs else 0)
+`
+	py, err := exec.LookPath("python3")
+	if err == nil {
+		err = exec.Command(py, "-c", "import openapi_spec_validator").Run()
+	}
+	if err != nil {
+		msg := "SKIP: needs python3 with openapi-spec-validator (pip install openapi-spec-validator)"
+		if os.Getenv("IOTPIPE_REQUIRE_ALL") == "1" {
+			t.Fatal(msg)
+		}
+		t.Skip(msg)
+	}
+	cmd := exec.Command(py, "-c", script)
+	cmd.Stdin = bytes.NewReader(openAPI)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("api/openapi.json is not a valid OpenAPI 3.1 document: %v\n%s", err, out)
 	}
 }
