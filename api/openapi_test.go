@@ -344,7 +344,7 @@ func TestOpenAPIDocumentsEveryStatusInCode(t *testing.T) {
 
 var statusByName = map[string]int{
 	"StatusOK": 200, "StatusCreated": 201, "StatusNoContent": 204, "StatusBadRequest": 400, "StatusUnauthorized": 401,
-	"StatusForbidden": 403, "StatusNotFound": 404, "StatusMethodNotAllowed": 405, "StatusConflict": 409,
+	"StatusForbidden": 403, "StatusNotFound": 404, "StatusMethodNotAllowed": 405, "StatusConflict": 409, "StatusRequestEntityTooLarge": 413,
 	"StatusInternalServerError": 500, "StatusServiceUnavailable": 503,
 }
 
