@@ -65,6 +65,9 @@ type Server struct {
 	cfg Config
 	ln  net.Listener
 	srv *http.Server
+	// patterns are the routes routes() registered, in order: what the
+	// OpenAPI test checks the document against (routes.go).
+	patterns []string
 }
 
 // New validates cfg and binds the listen address, so a port clash fails here
@@ -147,13 +150,15 @@ func (s *Server) Run(ctx context.Context) error {
 }
 
 func (s *Server) routes() http.Handler {
-	mux := http.NewServeMux()
+	mux := s.newMux()
 	ops := Operational(s.cfg.Gatherer, s.cfg.Ready)
 	for _, p := range []string{"GET /healthz", "GET /readyz", "GET /metrics"} {
 		mux.Handle(p, ops)
 	}
 
-	v1 := http.NewServeMux()
+	mux.HandleFunc("GET /api/v1/openapi.json", serveOpenAPI) // no token: it is the contract, no data
+
+	v1 := s.newMux()
 	v1.HandleFunc("POST /api/v1/devices", s.createDevice)
 	v1.HandleFunc("GET /api/v1/devices", s.listDevices)
 	v1.HandleFunc("GET /api/v1/devices/{id}", s.getDevice)
@@ -229,6 +234,7 @@ func (s *Server) authenticate(next http.Handler) http.Handler {
 type statusRecorder struct {
 	http.ResponseWriter
 	status int
+	code   string // the error code, if writeError answered
 }
 
 func (r *statusRecorder) WriteHeader(code int) {
@@ -242,7 +248,8 @@ func (s *Server) logRequests(next http.Handler) http.Handler {
 		rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
 		next.ServeHTTP(rec, r)
 		// Query strings are not logged: they are user input of unbounded size.
-		s.cfg.Logger.Debug().Str("method", r.Method).Str("path", r.URL.Path).
-			Int("status", rec.status).Dur("took", time.Since(start)).Msg("http request")
+		// r.Pattern is the innermost route matched (the muxes set it on r).
+		s.cfg.Logger.Debug().Str("method", r.Method).Str("path", r.URL.Path).Str("route", r.Pattern).
+			Int("status", rec.status).Str("code", rec.code).Dur("took", time.Since(start)).Msg("http request")
 	})
 }

@@ -39,7 +39,7 @@ func newServer(t *testing.T) (*Server, *storage.Store, string) {
 	go reg.Run(ctx)
 	st := sharedStore(t)
 	srv, err := New(Config{Addr: "127.0.0.1:0", Registry: reg, Store: st, AdminToken: adminTok,
-		WindowSizes: []time.Duration{10 * time.Second, time.Minute}, Ready: reg.WaitReady, Logger: zerolog.Nop()})
+		WindowSizes: []time.Duration{10 * time.Second, time.Minute}, Ready: reg.WaitReady, Logger: testLogger()})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,6 +2,7 @@ package api
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -19,6 +20,9 @@ type Client struct {
 	base  *url.URL
 	token string
 	http  *http.Client
+	// pageSize is the page_size Devices lists with; 0 is MaxPageSize (tests
+	// make it small to cross page boundaries).
+	pageSize int
 }
 
 // NewClient returns a client for the API at baseURL (e.g. http://127.0.0.1:8080).
@@ -98,18 +102,50 @@ func (c *Client) UpdateDevice(ctx context.Context, id string, u DeviceUpdate) (D
 	return out, err
 }
 
-// Devices lists the registered devices whose labels match selector
-// ("site=a,floor=2"; empty: all).
+// Devices lists every registered device whose labels match selector
+// ("site=a,floor=2"; empty: all), following the pages of the listing.
 func (c *Client) Devices(ctx context.Context, selector string) ([]Device, error) {
-	var out struct {
-		Devices []Device `json:"devices"`
+	var all []Device
+	p := DevicesPageParams{Selector: selector, PageSize: cmp.Or(c.pageSize, MaxPageSize)}
+	for {
+		page, err := c.DevicesPage(ctx, p)
+		if err != nil {
+			return nil, err
+		}
+		all = append(all, page.Devices...)
+		if page.NextPageToken == "" {
+			return all, nil
+		}
+		if page.NextPageToken == p.PageToken {
+			return nil, fmt.Errorf("list devices: the API returned the same page token twice (%q)", p.PageToken)
+		}
+		p.PageToken = page.NextPageToken
 	}
+}
+
+// DevicesPageParams selects one page of the device listing.
+type DevicesPageParams struct {
+	Selector  string // "site=a,floor=2"; empty: all
+	PageSize  int    // 0: the server's default (DefaultPageSize)
+	PageToken string // NextPageToken of the previous page; empty: the first page
+}
+
+// DevicesPage returns one page of the devices matching p.Selector, in id
+// order.
+func (c *Client) DevicesPage(ctx context.Context, p DevicesPageParams) (DevicePage, error) {
 	q := url.Values{}
-	if selector != "" {
-		q.Set("label", selector)
+	if p.Selector != "" {
+		q.Set("label", p.Selector)
 	}
+	if p.PageSize != 0 {
+		q.Set("page_size", strconv.Itoa(p.PageSize))
+	}
+	if p.PageToken != "" {
+		q.Set("page_token", p.PageToken)
+	}
+	var out DevicePage
 	err := c.do(ctx, http.MethodGet, "/api/v1/devices", q, nil, &out)
-	return out.Devices, err
+	return out, err
 }
 
 // Info returns what the server stores: window sizes and aggregates.

@@ -9,8 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/rs/zerolog"
-
 	"github.com/iotpipe/iotpipe/storage"
 )
 
@@ -28,7 +26,7 @@ func newReadServer(t *testing.T) (*storage.Store, string) {
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	cfg := srv.cfg
-	cfg.Addr, cfg.ReadToken, cfg.Logger = "127.0.0.1:0", readTok, zerolog.Nop()
+	cfg.Addr, cfg.ReadToken, cfg.Logger = "127.0.0.1:0", readTok, testLogger()
 	cfg.WindowSizes = cfg.WindowSizes[1:] // New prepends the finest again
 	rs, err := New(cfg)
 	if err != nil {

@@ -6,7 +6,6 @@ import (
 	"io"
 	"net/http"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/iotpipe/iotpipe/registry"
@@ -160,24 +159,6 @@ func decodeBody(w http.ResponseWriter, r *http.Request, v any, shape string) boo
 		return false
 	}
 	return true
-}
-
-// listDevices answers GET /api/v1/devices[?label=k=v[,k2=v2]...]: every
-// label term must match.
-func (s *Server) listDevices(w http.ResponseWriter, r *http.Request) {
-	sel, err := registry.ParseSelector(strings.Join(r.URL.Query()["label"], ","))
-	if err != nil {
-		writeError(w, http.StatusBadRequest, "bad_request", "label: "+err.Error())
-		return
-	}
-	list := s.cfg.Registry.List()
-	out := make([]Device, 0, len(list))
-	for _, d := range list {
-		if sel.Matches(d) {
-			out = append(out, s.deviceJSON(d))
-		}
-	}
-	writeJSON(w, http.StatusOK, map[string]any{"devices": out})
 }
 
 func (s *Server) getDevice(w http.ResponseWriter, r *http.Request) {

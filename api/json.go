@@ -20,6 +20,9 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 }
 
 func writeError(w http.ResponseWriter, status int, code, msg string) {
+	if rec, ok := w.(*statusRecorder); ok {
+		rec.code = code // for the request log
+	}
 	writeJSON(w, status, Error{Message: msg, Code: code})
 }
 

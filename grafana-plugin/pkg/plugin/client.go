@@ -25,7 +25,13 @@ type apiClient struct {
 	// slots bounds the requests this datasource instance has in flight, so a
 	// dashboard with many devices cannot flood the API.
 	slots chan struct{}
+	// pageSize is the page_size of device listings (tests make it small).
+	pageSize int
 }
+
+// devicePageSize is the API's largest page_size: the fewest requests for a
+// fleet.
+const devicePageSize = 1000
 
 // maxResponseBytes bounds what the plugin reads of one answer; a series is at
 // most max_points points, far below this.
@@ -45,8 +51,9 @@ func newAPIClient(base *url.URL, token string, maxInFlight int) *apiClient {
 		token: token,
 		// The overall timeout backs up Grafana's own request deadline, which
 		// arrives through the context.
-		http:  &http.Client{Transport: tr, Timeout: 90 * time.Second},
-		slots: make(chan struct{}, maxInFlight),
+		http:     &http.Client{Transport: tr, Timeout: 90 * time.Second},
+		slots:    make(chan struct{}, maxInFlight),
+		pageSize: devicePageSize,
 	}
 }
 
@@ -166,17 +173,37 @@ type Device struct {
 	Blocked bool              `json:"blocked"`
 }
 
-// devices lists registered devices whose labels match every "k=v" selector.
+// devices lists every registered device whose labels match every "k=v"
+// selector, following the API's pages (in id order).
 func (c *apiClient) devices(ctx context.Context, labels []string) ([]Device, error) {
-	q := url.Values{}
-	for _, l := range labels {
-		q.Add("label", l)
+	var all []Device
+	token := ""
+	for {
+		q := url.Values{}
+		for _, l := range labels {
+			q.Add("label", l)
+		}
+		q.Set("page_size", strconv.Itoa(c.pageSize))
+		if token != "" {
+			q.Set("page_token", token)
+		}
+		var out struct {
+			Devices       []Device `json:"devices"`
+			NextPageToken string   `json:"next_page_token"`
+		}
+		if err := c.get(ctx, "/api/v1/devices", q, &out); err != nil {
+			return nil, err
+		}
+		all = append(all, out.Devices...)
+		if out.NextPageToken == "" {
+			return all, nil
+		}
+		if out.NextPageToken == token {
+			return nil, &APIError{Status: http.StatusBadGateway, URL: c.base.String() + "/api/v1/devices",
+				Message: "the API returned the same next_page_token twice"}
+		}
+		token = out.NextPageToken
 	}
-	var out struct {
-		Devices []Device `json:"devices"`
-	}
-	err := c.get(ctx, "/api/v1/devices", q, &out)
-	return out.Devices, err
 }
 
 func (c *apiClient) metrics(ctx context.Context, device string) ([]string, error) {
