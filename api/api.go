@@ -29,6 +29,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/iotpipe/iotpipe/devicestate"
+	"github.com/iotpipe/iotpipe/downlink"
 	"github.com/iotpipe/iotpipe/registry"
 	"github.com/iotpipe/iotpipe/storage"
 )
@@ -58,6 +59,10 @@ type Config struct {
 	Logger   zerolog.Logger
 	// TLS, if set, serves HTTPS (TLS 1.2 or later) instead of HTTP.
 	TLS *tls.Config
+
+	// Commands, if set, sends commands to devices and tells their presence
+	// (POST /api/v1/devices/{id}/commands, "connected" in the device JSON).
+	Commands *downlink.Hub
 }
 
 // Server is the HTTP API.
@@ -172,6 +177,7 @@ func (s *Server) routes() http.Handler {
 	v1.HandleFunc("GET /api/v1/devices/{id}/config", s.getConfig)
 	v1.HandleFunc("GET /api/v1/devices/{id}/config/versions", s.configVersions)
 	v1.HandleFunc("GET /api/v1/devices/{id}/state", s.getState)
+	v1.HandleFunc("POST /api/v1/devices/{id}/commands", s.sendCommand)
 	v1.HandleFunc("GET /api/v1/series", s.series)
 	v1.HandleFunc("GET /api/v1/summary", s.summary)
 	v1.HandleFunc("GET /api/v1/windows", s.windows)

@@ -174,5 +174,5 @@ func (s *Server) deviceJSON(d registry.Device) Device {
 			out.LastStateTime = st.UpdateTime
 		}
 	}
-	return out
+	return s.withPresence(out) // commands.go
 }

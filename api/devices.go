@@ -25,6 +25,8 @@ type Device struct {
 	Config            ConfigSummary `json:"config"`
 	LastConfigAckTime time.Time     `json:"last_config_ack_time,omitzero"`
 	LastStateTime     time.Time     `json:"last_state_time,omitzero"`
+
+	DevicePresence // connected, last_*_time: commands.go
 }
 
 // Credential describes one credential of a device, never its secret or key.

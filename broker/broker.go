@@ -58,6 +58,9 @@ type Config struct {
 	// to, normally bus.TopicNames(p).State; events go to the forwarder's
 	// own topic. Default iot.state.
 	StateTopic string `yaml:"state_topic"`
+	// Presence, if set, is told about connections and activity (normally
+	// *downlink.Hub); see commands.go.
+	Presence Presence `yaml:"-"`
 	// MaxInflightPerClient bounds the messages of one connection waiting for
 	// Kafka; a further PUBLISH blocks that connection's reader. Also sent
 	// to v5 clients as Receive Maximum.
@@ -98,6 +101,7 @@ type Broker struct {
 	fwd     *forwardHook
 	auth    *authHook
 	config  *configHook // nil unless Auth is a ConfigSource
+	cmd     *commandHook
 	drainTO time.Duration
 	log     zerolog.Logger
 }
@@ -196,10 +200,12 @@ func New(cfg Config) (*Broker, error) {
 	m := newMetrics(cfg.Metrics, srv)
 	fwd := newForwardHook(srv, cfg.Forwarder, cfg.MaxInflightPerClient, cfg.MaxPayloadBytes, cfg.StateTopic, m, log)
 	auth := &authHook{auth: cfg.Auth, m: m, draining: fwd.isDraining, log: log}
+	cmd := &commandHook{presence: cfg.Presence, maxInflight: int(caps.MaximumInflight)}
 	hooks := []mqtt.Hook{
 		auth,
 		&aclHook{m: m},
 		fwd,
+		cmd,
 	}
 	var cfgHook *configHook
 	if cs, ok := cfg.Auth.(ConfigSource); ok {
@@ -211,7 +217,7 @@ func New(cfg Config) (*Broker, error) {
 			return nil, fmt.Errorf("broker: add hook %s: %w", h.ID(), err)
 		}
 	}
-	b := &Broker{srv: srv, fwd: fwd, auth: auth, config: cfgHook, drainTO: cfg.DrainTimeout, log: log}
+	b := &Broker{srv: srv, fwd: fwd, auth: auth, config: cfgHook, cmd: cmd, drainTO: cfg.DrainTimeout, log: log}
 	if err := b.listen(cfg, tlsCfg); err != nil {
 		b.closeListeners()
 		return nil, err

@@ -70,8 +70,11 @@ func runDevices(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	cred.add(fs)
 	var cfgf configFlags
 	cfgf.add(fs)
+	var cmdf commandFlags
+	cmdf.add(fs)
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, "Usage: iotpipe devices create ID | list | get ID | set ID | delete ID | block ID | unblock ID |\n"+
+			"       command ID --data S|--data-file F [--subfolder X] |\n"+
 			"       credentials add ID --type T --public-key-file F [--expires RFC3339] | credentials list ID | credentials remove ID INDEX |\n"+
 			"       config ID [--data S | --data-file F [--version-to-update N]] | config-versions ID | state ID [flags]")
 		fs.PrintDefaults()
@@ -192,6 +195,12 @@ func runDevices(ctx context.Context, args []string, stdout, stderr io.Writer) er
 			return err
 		}
 		return nil
+	case "command":
+		id, err := needID()
+		if err != nil {
+			return err
+		}
+		return cmdf.run(ctx, cl, id, output, stdout)
 	case "block", "unblock":
 		id, err := needID()
 		if err != nil {

@@ -49,6 +49,8 @@ type options struct {
 	readToken  string
 
 	tls tlsOptions
+
+	commandTimeout time.Duration
 }
 
 func defaultOptions() *options {
@@ -104,6 +106,7 @@ func (o *options) addBroker(fs *flag.FlagSet) {
 func (o *options) addAPI(fs *flag.FlagSet) {
 	fs.StringVar(&o.httpAddr, "http-addr", ":8080", "HTTP API listen address")
 	fs.StringVar(&o.adminToken, "admin-token", "", "API admin bearer token (empty: generated once and kept in <data-dir>/admin-token)")
+	fs.DurationVar(&o.commandTimeout, "command-timeout", 10*time.Second, "how long a command waits for the device's PUBACK (QoS 1) before the API answers 504")
 	fs.StringVar(&o.readToken, "read-token", "", "API read-only bearer token for dashboards (empty: generated once and kept in <data-dir>/read-token)")
 	o.tls.addAPI(fs)
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/iotpipe/iotpipe/api"
 	"github.com/iotpipe/iotpipe/broker"
 	"github.com/iotpipe/iotpipe/devicestate"
+	"github.com/iotpipe/iotpipe/downlink"
 	"github.com/iotpipe/iotpipe/ingest"
 	"github.com/iotpipe/iotpipe/internal/bus"
 	"github.com/iotpipe/iotpipe/processor"
@@ -37,6 +38,7 @@ type env struct {
 	kafka   []kgo.Opt
 	topics  bus.Topics
 	closers []func()
+	hub     *downlink.Hub // see downlink.go
 }
 
 func (e *env) close() {
@@ -155,7 +157,7 @@ func (e *env) newAPI(reg *registry.Registry, st *storage.Store, states *devicest
 	}
 	return api.New(api.Config{
 		Addr: e.o.httpAddr, Registry: reg, Store: st, States: states, AdminToken: tok, ReadToken: rtok, WindowSizes: e.o.windowSizes,
-		Ready: ready, Gatherer: e.metrics, Logger: e.log, TLS: e.o.tls.api,
+		Ready: ready, Gatherer: e.metrics, Logger: e.log, TLS: e.o.tls.api, Commands: e.hub,
 	})
 }
 
@@ -209,11 +211,14 @@ func (e *env) newBroker(reg *registry.Registry) (*broker.Broker, *ingest.Forward
 	br, err := broker.New(broker.Config{
 		TCPAddr: tcp, TLS: e.o.tls.broker, TLSAddr: e.o.tls.mqttAddr, WSAddr: e.o.tls.mqttWSAddr, Auth: reg, Forwarder: fwd,
 		StateTopic: e.topics.State, MaxInflightPerClient: e.o.maxInflight,
-		MaxPayloadBytes: e.o.maxPayload, Logger: e.log, Metrics: e.metrics,
+		MaxPayloadBytes: e.o.maxPayload, Logger: e.log, Metrics: e.metrics, Presence: e.presence(),
 	})
 	if err != nil {
 		closeForwarder(fwd, e.log)
 		return nil, nil, err
+	}
+	if e.hub != nil {
+		e.hub.SetDeliverer(br)
 	}
 	return br, fwd, nil
 }
@@ -273,6 +278,10 @@ func runAll(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err != nil {
 		return err
 	}
+	hub, err := e.newHub()
+	if err != nil {
+		return err
+	}
 	br, fwd, err := e.newBroker(reg)
 	if err != nil {
 		return err
@@ -282,7 +291,7 @@ func runAll(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		closeForwarder(fwd, e.log)
 		return err
 	}
-	srv, err := e.newAPI(reg, st, states, readyAll(reg.WaitReady, states.WaitReady))
+	srv, err := e.newAPI(reg, st, states, readyAll(reg.WaitReady, states.WaitReady, hub.WaitReady))
 	if err != nil {
 		closeForwarder(fwd, e.log)
 		return err
@@ -293,7 +302,7 @@ func runAll(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		// The broker goes first so no message is taken after ingest is flushed.
 		{stages: []stage{{"broker", br.Run}}, after: func() { closeForwarder(fwd, e.log) }},
 		{stages: []stage{{"api", srv.Run}, {"processor", proc.Run}}},
-		{stages: []stage{{"registry", reg.Run}, {"devicestate", states.Run}}},
+		{stages: []stage{{"registry", reg.Run}, {"devicestate", states.Run}, {"downlink", hub.Run}}},
 	})
 }
 
@@ -310,18 +319,22 @@ func runBroker(ctx context.Context, args []string, _, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	hub, err := e.newHub()
+	if err != nil {
+		return err
+	}
 	br, fwd, err := e.newBroker(reg)
 	if err != nil {
 		return err
 	}
-	ops, err := newOpsServer(e.o.httpAddr, e.metrics, reg.WaitReady)
+	ops, err := newOpsServer(e.o.httpAddr, e.metrics, readyAll(reg.WaitReady, hub.WaitReady))
 	if err != nil {
 		closeForwarder(fwd, e.log)
 		return err
 	}
 	return runGroups(ctx, e.log, []group{
 		{stages: []stage{{"broker", br.Run}}, after: func() { closeForwarder(fwd, e.log) }},
-		{stages: []stage{{"ops", ops.run}, {"registry", reg.Run}}},
+		{stages: []stage{{"ops", ops.run}, {"registry", reg.Run}, {"downlink", hub.Run}}},
 	})
 }
 
@@ -371,13 +384,17 @@ func runAPI(ctx context.Context, args []string, _, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	srv, err := e.newAPI(reg, st, states, readyAll(reg.WaitReady, states.WaitReady))
+	hub, err := e.newHub()
+	if err != nil {
+		return err
+	}
+	srv, err := e.newAPI(reg, st, states, readyAll(reg.WaitReady, states.WaitReady, hub.WaitReady))
 	if err != nil {
 		return err
 	}
 	return runGroups(ctx, e.log, []group{
 		{stages: []stage{{"api", srv.Run}}},
-		{stages: []stage{{"registry", reg.Run}, {"devicestate", states.Run}}},
+		{stages: []stage{{"registry", reg.Run}, {"devicestate", states.Run}, {"downlink", hub.Run}}},
 	})
 }
 

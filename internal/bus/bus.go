@@ -37,6 +37,7 @@ type Topics struct {
 	State      string
 	Downlink   string
 	DeadLetter string
+	Presence   string // compacted: which instance holds each device (package downlink)
 }
 
 // DefaultPrefix is the topic prefix used when none is configured.
@@ -50,6 +51,7 @@ func TopicNames(prefix string) Topics {
 		State:      prefix + "state",
 		Downlink:   prefix + "downlink",
 		DeadLetter: prefix + "deadletter",
+		Presence:   prefix + "presence",
 	}
 }
 
@@ -70,6 +72,7 @@ func (t Topics) Specs(telemetryPartitions int32) []TopicSpec {
 		{Name: t.State, Partitions: telemetryPartitions, Configs: map[string]*string{"cleanup.policy": &compact}},
 		{Name: t.Downlink, Partitions: 1},
 		{Name: t.DeadLetter, Partitions: 1},
+		{Name: t.Presence, Partitions: 1, Configs: map[string]*string{"cleanup.policy": &compact}},
 	}
 }
 
