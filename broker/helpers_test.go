@@ -235,6 +235,8 @@ func (c *raw) write(pk packets.Packet) {
 		err = pk.PublishEncode(&buf)
 	case packets.Subscribe:
 		err = pk.SubscribeEncode(&buf)
+	case packets.Puback:
+		err = pk.PubackEncode(&buf)
 	default:
 		err = fmt.Errorf("raw client cannot encode type %d", pk.FixedHeader.Type)
 	}

@@ -1,0 +1,246 @@
+package downlink_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/eclipse/paho.golang/paho"
+	"github.com/rs/zerolog"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/iotpipe/iotpipe/broker"
+	"github.com/iotpipe/iotpipe/downlink"
+	"github.com/iotpipe/iotpipe/ingest"
+	"github.com/iotpipe/iotpipe/internal/testkafka"
+	"github.com/iotpipe/iotpipe/registry"
+)
+
+// tokens is the test devices' registry: id → token.
+type tokens map[string]string
+
+func (d tokens) Authenticate(id string, pw []byte) error {
+	if tok, ok := d[id]; !ok || tok != string(pw) {
+		return registry.ErrBadCredentials
+	}
+	return nil
+}
+
+type cluster struct {
+	seeds           []string
+	topic, presence string
+}
+
+func newCluster(t *testing.T) cluster {
+	p := testkafka.Prefix(t)
+	return cluster{seeds: testkafka.Seeds(t), topic: p + "downlink", presence: p + "presence"}
+}
+
+func (c cluster) hub(t *testing.T, mod func(*downlink.Config)) *downlink.Hub {
+	t.Helper()
+	cfg := downlink.Config{Kafka: []kgo.Opt{kgo.SeedBrokers(c.seeds...)}, Topic: c.topic, PresenceTopic: c.presence,
+		AckTimeout: 2 * time.Second, ReplyMargin: time.Second, Logger: zerolog.Nop()}
+	if mod != nil {
+		mod(&cfg)
+	}
+	h, err := downlink.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
+func run(t *testing.T, h *downlink.Hub) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- h.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("hub Run: %v", err)
+		}
+	})
+	wctx, wcancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer wcancel()
+	if err := h.WaitReady(wctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// brokerWith runs a broker whose commands and presence go through hub.
+func (c cluster) brokerWith(t *testing.T, hub *downlink.Hub) *broker.Broker {
+	t.Helper()
+	fw, err := ingest.New(ingest.Config{Kafka: []kgo.Opt{kgo.SeedBrokers(c.seeds...)}, Topic: testkafka.Prefix(t) + "telemetry"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := broker.New(broker.Config{TCPAddr: "127.0.0.1:0", Auth: tokens{"dev-1": "tok-1", "dev-2": "tok-2"},
+		Forwarder: fw, Presence: hub, Logger: zerolog.Nop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hub.SetDeliverer(b)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- b.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+		_ = fw.Close(context.Background())
+	})
+	return b
+}
+
+type device struct {
+	c   *paho.Client
+	got chan *paho.Publish
+}
+
+func connect(t *testing.T, addr, id, tok, filter string) *device {
+	t.Helper()
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &device{got: make(chan *paho.Publish, 8)}
+	d.c = paho.NewClient(paho.ClientConfig{Conn: conn,
+		OnPublishReceived: []func(paho.PublishReceived) (bool, error){func(pr paho.PublishReceived) (bool, error) {
+			d.got <- pr.Packet
+			return true, nil
+		}}})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if ca, err := d.c.Connect(ctx, &paho.Connect{ClientID: id, KeepAlive: 30, CleanStart: true, PasswordFlag: true,
+		Password: []byte(tok)}); err != nil || ca.ReasonCode != 0 {
+		t.Fatalf("connect: %v %+v", err, ca)
+	}
+	t.Cleanup(func() { _ = d.c.Disconnect(&paho.Disconnect{}) })
+	if filter != "" {
+		if _, err := d.c.Subscribe(ctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: filter, QoS: 1}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return d
+}
+
+// Two instances on one Kafka: A has no broker (an API instance), B holds the
+// device. A sees B's presence, and A's command reaches the device on B.
+func TestCommandAcrossInstances(t *testing.T) {
+	c := newCluster(t)
+	a := c.hub(t, nil)
+	run(t, a)
+	bHub := c.hub(t, nil)
+	br := c.brokerWith(t, bHub)
+	run(t, bHub)
+
+	send := func(dev, topic, payload string) (downlink.Result, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		return a.SendCommand(ctx, dev, topic, []byte(payload))
+	}
+	start := time.Now()
+	if _, err := send("dev-1", "/devices/dev-1/commands", "x"); !errors.Is(err, downlink.ErrNotConnected) || time.Since(start) > time.Second {
+		t.Fatalf("offline device: %v after %v", err, time.Since(start))
+	}
+
+	d := connect(t, br.Addr(), "dev-1", "tok-1", "/devices/dev-1/commands/#")
+	testkafka.Eventually(t, 10*time.Second, "A sees dev-1 connected", func() bool { return a.Presence("dev-1").Connected })
+	p := a.Presence("dev-1")
+	if p.Instance != bHub.Instance() || p.LastConnected.IsZero() {
+		t.Fatalf("presence %+v, want instance %s", p, bHub.Instance())
+	}
+	res, err := send("dev-1", "/devices/dev-1/commands/opt/sub", "hello")
+	if err != nil || res.QoS != 1 || res.Instance != bHub.Instance() {
+		t.Fatalf("send: %+v %v", res, err)
+	}
+	select {
+	case pk := <-d.got:
+		if pk.Topic != "/devices/dev-1/commands/opt/sub" || string(pk.Payload) != "hello" {
+			t.Fatalf("device got %s %q", pk.Topic, pk.Payload)
+		}
+	default:
+		t.Fatal("SendCommand returned before the device got the command") // QoS 1: after its PUBACK
+	}
+
+	connect(t, br.Addr(), "dev-2", "tok-2", "")
+	testkafka.Eventually(t, 10*time.Second, "A sees dev-2 connected", func() bool { return a.Presence("dev-2").Connected })
+	if _, err := send("dev-2", "/devices/dev-2/commands", "x"); !errors.Is(err, downlink.ErrNotSubscribed) {
+		t.Fatalf("unsubscribed device: %v", err)
+	}
+
+	_ = d.c.Disconnect(&paho.Disconnect{})
+	testkafka.Eventually(t, 10*time.Second, "A sees dev-1 disconnected", func() bool { return !a.Presence("dev-1").Connected })
+	if p := a.Presence("dev-1"); !p.LastDisconnected.After(p.LastConnected) {
+		t.Fatalf("presence after disconnect %+v", p)
+	}
+	start = time.Now()
+	if _, err := send("dev-1", "/devices/dev-1/commands", "x"); !errors.Is(err, downlink.ErrNotConnected) || time.Since(start) > time.Second {
+		t.Fatalf("disconnected device: %v after %v", err, time.Since(start))
+	}
+}
+
+// A crashed instance leaves "connected" records and a last heartbeat behind.
+// Within the lease its devices still count as connected (and a command to
+// one gets no reply: ErrNoReply); once the lease passed they are not, and
+// the last heartbeat is their disconnection time.
+func TestCrashedInstanceLease(t *testing.T) {
+	c := newCluster(t)
+	const lease = 2 * time.Second
+	a := c.hub(t, func(cfg *downlink.Config) {
+		cfg.Heartbeat, cfg.Lease, cfg.AckTimeout, cfg.ReplyMargin = lease/4, lease, 200*time.Millisecond, 200*time.Millisecond
+	})
+	run(t, a)
+	cl := testkafka.Client(t, c.seeds)
+	write := func(key string, v []byte, ts time.Time) {
+		t.Helper()
+		if err := cl.ProduceSync(context.Background(), &kgo.Record{Topic: c.presence, Key: []byte(key), Value: v, Timestamp: ts}).FirstErr(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	now := time.Now()
+	rec, _ := json.Marshal(map[string]any{"instance": "ghost", "connected": true, "last_connected": now.Add(-time.Hour)})
+	write("instance/ghost", strconv.AppendInt(nil, now.UnixMilli(), 10), now)
+	write("dev-9", rec, now.Add(-time.Hour))
+	testkafka.Eventually(t, 5*time.Second, "ghost's device connected within the lease", func() bool { return a.Presence("dev-9").Connected })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := a.SendCommand(ctx, "dev-9", "/devices/dev-9/commands", []byte("x")); !errors.Is(err, downlink.ErrNoReply) {
+		t.Fatalf("command to a crashed instance's device: %v", err)
+	}
+	testkafka.Eventually(t, 3*lease, "ghost's lease to end", func() bool { return !a.Presence("dev-9").Connected })
+	if p := a.Presence("dev-9"); !p.LastDisconnected.Equal(time.UnixMilli(now.UnixMilli())) || p.Instance != "" {
+		t.Fatalf("presence %+v, want disconnected at ghost's last heartbeat %v", p, now)
+	}
+}
+
+// Heartbeats keep a running instance's devices connected beyond the lease,
+// and its clean shutdown says they are gone at once.
+func TestHeartbeatAndCleanShutdown(t *testing.T) {
+	c := newCluster(t)
+	fast := func(cfg *downlink.Config) { cfg.Heartbeat, cfg.Lease = 100*time.Millisecond, 400*time.Millisecond }
+	a := c.hub(t, fast)
+	run(t, a)
+	bHub := c.hub(t, fast)
+	br := c.brokerWith(t, bHub)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- bHub.Run(ctx) }()
+	connect(t, br.Addr(), "dev-1", "tok-1", "/devices/dev-1/commands/#")
+	testkafka.Eventually(t, 10*time.Second, "A sees dev-1 connected", func() bool { return a.Presence("dev-1").Connected })
+	connectedAt := time.Now()
+	for time.Since(connectedAt) < 1200*time.Millisecond { // three leases
+		if !a.Presence("dev-1").Connected {
+			t.Fatalf("dev-1 looked disconnected after %v while its instance heartbeats", time.Since(connectedAt))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	cancel() // the hub stops (tombstone) while the device is still connected to the broker
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	testkafka.Eventually(t, 300*time.Millisecond, "A to see the instance gone", func() bool { return !a.Presence("dev-1").Connected })
+}
