@@ -1,0 +1,121 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/eclipse/paho.golang/paho"
+
+	"github.com/iotpipe/iotpipe/api"
+	"github.com/iotpipe/iotpipe/internal/testkafka"
+)
+
+// The acceptance test of cloud-to-device commands: two `iotpipe run`
+// instances share one Kafka. A device created through instance 1 connects
+// to instance 2 at once; a command sent through instance 1's API and CLI
+// reaches it; a command to an offline device is refused with 409 at once.
+func TestCommandsAcrossInstances(t *testing.T) {
+	seeds := testkafka.Seeds(t) // kfake started by this test, or IOTPIPE_KAFKA_BROKERS
+	prefix := testkafka.Prefix(t)
+	shared := []string{"--kafka-brokers", strings.Join(seeds, ","), "--topic-prefix", prefix,
+		"--consumer-group", prefix + "processor", "--partitions", "2"}
+	p1, p2 := newPipeline(t), newPipeline(t)
+	p1.kafkaArg, p2.kafkaArg = shared, shared
+	p1.start()
+	p2.start()
+
+	tok := p1.createDevice("valve-1")
+	// Instance 2 learns of the device from the registry topic within
+	// milliseconds; the first CONNECT may race it, so poll.
+	var got chan *paho.Publish
+	var dev *paho.Client
+	testkafka.Eventually(t, 5*time.Second, "valve-1 to connect to instance 2", func() bool {
+		got, dev = connectDevice(t, p2.mqttPort, "projects/p/locations/l/registries/r/devices/valve-1", tok)
+		return dev != nil
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := dev.Subscribe(ctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: "/devices/valve-1/commands/#", QoS: 1}}}); err != nil {
+		t.Fatal(err)
+	}
+	cl1 := p1.client()
+	testkafka.Eventually(t, 5*time.Second, "instance 1 to see valve-1 connected", func() bool {
+		d, err := cl1.Device(ctx, "valve-1")
+		return err == nil && d.Connected && !d.LastConnectedTime.IsZero()
+	})
+
+	out, err := p1.cli("devices", "command", "valve-1", "--data", "open 30%", "--subfolder", "valve/main")
+	if err != nil || !strings.Contains(out, "/devices/valve-1/commands/valve/main") || !strings.Contains(out, "acknowledged") {
+		t.Fatalf("cli command: %q %v", out, err)
+	}
+	select {
+	case pk := <-got:
+		if pk.Topic != "/devices/valve-1/commands/valve/main" || string(pk.Payload) != "open 30%" || pk.QoS != 1 {
+			t.Fatalf("device got %s %q QoS %d", pk.Topic, pk.Payload, pk.QoS)
+		}
+	default:
+		t.Fatal("the CLI reported delivery before the device had the command")
+	}
+	res, err := cl1.SendCommand(ctx, "valve-1", []byte{0xde, 0xad}, "")
+	if err != nil || res.Topic != "/devices/valve-1/commands" || res.QoS != 1 {
+		t.Fatalf("api command: %+v %v", res, err)
+	}
+	if pk := <-got; string(pk.Payload) != "\xde\xad" {
+		t.Fatalf("device got %q", pk.Payload)
+	}
+
+	// Offline devices: never connected, and gone.
+	p1.createDevice("valve-2")
+	refusedAtOnce(t, cl1, "valve-2")
+	if out, err := p1.cli("devices", "command", "valve-2", "--data", "x"); err == nil || !strings.Contains(err.Error(), "device_not_connected") {
+		t.Fatalf("cli to offline device: %q %v", out, err)
+	}
+	_ = dev.Disconnect(&paho.Disconnect{})
+	testkafka.Eventually(t, 5*time.Second, "instance 1 to see valve-1 disconnected", func() bool {
+		d, err := cl1.Device(ctx, "valve-1")
+		return err == nil && !d.Connected && d.LastDisconnectedTime.After(d.LastConnectedTime)
+	})
+	refusedAtOnce(t, cl1, "valve-1")
+	p2.stop()
+	p1.stop()
+}
+
+func refusedAtOnce(t *testing.T, cl *api.Client, id string) {
+	t.Helper()
+	start := time.Now()
+	_, err := cl.SendCommand(context.Background(), id, []byte("x"), "")
+	took := time.Since(start)
+	if api.StatusOf(err) != http.StatusConflict || !strings.Contains(err.Error(), "device_not_connected") || took >= time.Second {
+		t.Fatalf("command to offline %s: %v after %v, want 409 device_not_connected in < 1 s", id, err, took)
+	}
+}
+
+// connectDevice connects a Paho v5 client; nil if the CONNECT was refused.
+func connectDevice(t *testing.T, port int, clientID, token string) (chan *paho.Publish, *paho.Client) {
+	t.Helper()
+	conn, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan *paho.Publish, 8)
+	c := paho.NewClient(paho.ClientConfig{Conn: conn,
+		OnPublishReceived: []func(paho.PublishReceived) (bool, error){func(pr paho.PublishReceived) (bool, error) {
+			got <- pr.Packet
+			return true, nil
+		}}})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ca, err := c.Connect(ctx, &paho.Connect{ClientID: clientID, KeepAlive: 30, CleanStart: true,
+		PasswordFlag: true, Password: []byte(token)})
+	if err != nil || ca.ReasonCode != 0 {
+		conn.Close()
+		return nil, nil
+	}
+	t.Cleanup(func() { _ = c.Disconnect(&paho.Disconnect{}) })
+	return got, c
+}
