@@ -13,7 +13,10 @@
 #      with the CLI before the device connects arrives on subscribe, a second
 #      one set (compare-and-set) while it is connected arrives too, the
 #      device's acks show up as device_ack_time, a stale version is refused,
-#      and the state the device reported is readable with the CLI.
+#      and the state the device reported is readable with the CLI,
+#   6. sends each device a command with `iotpipe devices command` (a second
+#      run of each sample, no messages, --wait-commands 1) and checks the
+#      device printed it.
 # Exits non-zero with the reason on any failure; cleans up after itself.
 # Needs Go, python3 (python3-venv is installed with apt-get when missing),
 # openssl and curl; libchdb from scripts/chdb.sh unless CHDB_LIB_PATH is set.
@@ -40,8 +43,12 @@ export CHDB_LIB_PATH
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/iotpipe-examples.XXXXXX")
 iotpipe_pid=""
+device_pids=""
 cleanup() {
 	local rc=$?
+	for p in $device_pids; do
+		kill "$p" 2>/dev/null || true
+	done
 	if [ -n "$iotpipe_pid" ] && kill -0 "$iotpipe_pid" 2>/dev/null; then
 		kill -TERM "$iotpipe_pid" 2>/dev/null || true
 		for _ in $(seq 1 100); do
@@ -230,6 +237,48 @@ config_state_round_trip "$go_dev" "$tmp/go-device.log" -- "$tmp/go-device" --hos
 	--private-key-file "$tmp/rsa_private.pem" --algorithm RS256 --jwt-expires 20m \
 	--num-messages "$msgs" --message-interval 100ms --timeout 10s
 
+# --- commands -------------------------------------------------------------------
+# Each sample runs again without messages, stays connected until it received
+# one command, and send_command sends it through the CLI.
+
+# send_command DEVICE PID LOG: retries `iotpipe devices command` while the
+# device is not yet connected and subscribed (409), then checks the device
+# printed the command.
+send_command() {
+	local dev=$1 pid=$2 devlog=$3 payload="reboot-$1-$RANDOM" out deadline=$((SECONDS + 30))
+	device_pids="$device_pids $pid"
+	until out=$(cli devices command "$dev" --data "$payload" --subfolder demo 2>&1); do
+		kill -0 "$pid" 2>/dev/null || fail "$dev exited before it got a command: $(tail -n 5 "$devlog")"
+		case $out in
+		*device_not_connected* | *device_not_subscribed*) ;;
+		*) fail "devices command $dev: $out" ;;
+		esac
+		((SECONDS < deadline)) || fail "$dev: command not delivered within 30 s: $out"
+		sleep 0.2
+	done
+	log "$dev: $out"
+	wait "$pid" || fail "$dev failed: $(tail -n 5 "$devlog")"
+	grep -qF "command received on /devices/$dev/commands/demo: $payload" "$devlog" ||
+		fail "$dev did not print the command: $(tail -n 5 "$devlog")"
+	log "$dev got the command on /devices/$dev/commands/demo"
+}
+
+log "python device: a command"
+"$py" examples/python/device.py --host 127.0.0.1 --port "$mqtt_port" \
+	--project-id "$project" --registry-id examples --cloud-region local --device-id "$py_dev" \
+	--private-key-file "$tmp/ec_private.pem" --algorithm ES256 --jwt-expires-minutes 20 \
+	--num-messages 0 --timeout 10 \
+	--wait-commands 1 --wait-timeout 40 >"$tmp/py-device.log" 2>&1 &
+send_command "$py_dev" $! "$tmp/py-device.log"
+
+log "go device: a command"
+"$tmp/go-device" --host 127.0.0.1 --port "$mqtt_port" \
+	--project-id "$project" --registry-id examples --cloud-region local --device-id "$go_dev" \
+	--private-key-file "$tmp/rsa_private.pem" --algorithm RS256 --jwt-expires 20m \
+	--num-messages 0 --timeout 10s \
+	--wait-commands 1 --wait-timeout 40s >"$tmp/go-device.log" 2>&1 &
+send_command "$go_dev" $! "$tmp/go-device.log"
+
 # --- verify through the API ---------------------------------------------------
 # Sum of "count" over a device's closed 10 s windows of one metric.
 window_count() {
@@ -253,4 +302,4 @@ for d in "$py_dev" "$go_dev"; do
 	done
 done
 
-log "PASS: python (ES256) and go (RS256) devices, $msgs messages each, in ${SECONDS}s"
+log "PASS: python (ES256) and go (RS256) devices, $msgs messages and a command each, in ${SECONDS}s"

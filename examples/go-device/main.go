@@ -3,7 +3,8 @@
 // its private key (RS256 or ES256; the public key is registered with
 // `iotpipe devices credentials add`), publishes telemetry to
 // /devices/ID/events at QoS 1 waiting for each PUBACK, subscribes to its
-// config and commands topics, and reconnects with a fresh JWT before the
+// config and commands topics (printing each command; with --wait-commands N
+// it stays connected until N arrived), and reconnects with a fresh JWT before the
 // current one expires (iotpipe closes the connection when it does).
 //
 //	go run ./examples/go-device --project-id demo-project --device-id dev-1 \
@@ -42,6 +43,8 @@ type config struct {
 	port, numMessages                             int
 	jwtExpires, interval, timeout                 time.Duration
 	cfg                                           *configState // config.go
+	waitCommands                                  int
+	waitTimeout                                   time.Duration
 }
 
 func main() {
@@ -62,6 +65,8 @@ func main() {
 	c.cfg = newConfigState(flag.CommandLine)
 	flag.DurationVar(&c.interval, "message-interval", time.Second, "pause between messages")
 	flag.DurationVar(&c.timeout, "timeout", 10*time.Second, "how long to wait for CONNACK, SUBACK and each PUBACK")
+	flag.IntVar(&c.waitCommands, "wait-commands", 0, "after the messages, stay connected until this many commands arrived")
+	flag.DurationVar(&c.waitTimeout, "wait-timeout", time.Minute, "how long --wait-commands waits at most")
 	flag.Parse()
 	if err := run(c); err != nil {
 		log.Printf("error: %v", err)
@@ -84,7 +89,7 @@ func run(c config) error {
 	if err != nil {
 		return err
 	}
-	d := &device{c: c, key: key}
+	d := &device{c: c, key: key, commands: make(chan struct{}, 64)}
 	if err := d.connect(); err != nil {
 		return err
 	}
@@ -129,6 +134,9 @@ func run(c config) error {
 	if err := c.cfg.waitForConfig(); err != nil {
 		return err
 	}
+	if err := d.awaitCommands(c.waitCommands, c.waitTimeout); err != nil {
+		return err
+	}
 	if failed > 0 {
 		return fmt.Errorf("%d of %d messages not acknowledged", failed, c.numMessages)
 	}
@@ -141,6 +149,7 @@ type device struct {
 	key                  crypto.Signer
 	client               mqtt.Client
 	expiresAt, refreshAt time.Time
+	commands             chan struct{} // one per command received
 }
 
 // connect opens a session with a new JWT and subscribes to config and
@@ -181,7 +190,7 @@ func (d *device) connect() error {
 	log.Printf("connected to %s:%d as %s (JWT %s, expires %s)", c.host, c.port, clientID, c.algorithm, d.expiresAt.Format(time.RFC3339))
 
 	// The latest config arrives on subscribe and on every update (QoS 1);
-	// commands on /devices/ID/commands[/subfolder].
+	// commands on /devices/ID/commands[/subfolder] (see handleCommands).
 	onMessage := func(_ mqtt.Client, m mqtt.Message) {
 		if m.Topic() == "/devices/"+c.deviceID+"/config" {
 			c.cfg.onConfig(m)
@@ -205,6 +214,40 @@ func (d *device) connect() error {
 			return fmt.Errorf("subscribe %s: refused", t)
 		}
 		log.Printf("subscribed to %s (QoS %d)", t, q)
+	}
+	d.handleCommands()
+	return nil
+}
+
+// ---- commands (Cloud IoT Core sendCommandToDevice; `iotpipe devices command`) ----
+
+// handleCommands routes /devices/ID/commands[/subfolder] to onCommand
+// (replacing the subscription's generic handler for that filter).
+func (d *device) handleCommands() {
+	d.client.AddRoute("/devices/"+d.c.deviceID+"/commands/#", d.onCommand)
+}
+
+func (d *device) onCommand(_ mqtt.Client, m mqtt.Message) {
+	log.Printf("command received on %s: %s", m.Topic(), m.Payload())
+	select {
+	case d.commands <- struct{}{}:
+	default: // nobody counts that many
+	}
+}
+
+// awaitCommands stays connected until n commands arrived or timeout passed.
+func (d *device) awaitCommands(n int, timeout time.Duration) error {
+	if n <= 0 {
+		return nil
+	}
+	log.Printf("waiting up to %v for %d command(s)", timeout, n)
+	deadline := time.After(timeout)
+	for got := 0; got < n; got++ {
+		select {
+		case <-d.commands:
+		case <-deadline:
+			return fmt.Errorf("%d of %d commands received within %v", got, n, timeout)
+		}
 	}
 	return nil
 }

@@ -6,7 +6,8 @@ its private key, whose public key was registered with
 `iotpipe devices credentials add ID --type ES256_PEM --public-key-file ...`;
 publishes telemetry to /devices/ID/events at QoS 1 and waits for each PUBACK
 (iotpipe acknowledges only once Kafka has the message); subscribes to
-/devices/ID/config and /devices/ID/commands/#; and reconnects with a fresh
+/devices/ID/config and /devices/ID/commands/# (printing each command, and
+with --wait-commands N staying connected until N arrived); and reconnects with a fresh
 JWT before the current one expires (iotpipe closes the connection when it
 does).
 
@@ -55,6 +56,8 @@ class Device:
         self.subscribed = threading.Event()
         self.sub_codes = []
         self.config_state = ConfigState(args)
+        self.commands = []  # (topic, payload) received, see on_command
+        self.command_received = threading.Condition()
 
     # Callbacks (paho-mqtt 2.x, CallbackAPIVersion.VERSION2).
     def on_connect(self, client, userdata, flags, reason_code, properties):
@@ -64,7 +67,8 @@ class Device:
             return
         # Subscribe in on_connect so a reconnect subscribes again. The latest
         # config is delivered on subscribe and on every update (QoS 1);
-        # commands arrive on /devices/ID/commands[/subfolder].
+        # commands arrive on /devices/ID/commands[/subfolder] (see
+        # on_command).
         dev = self.args.device_id
         client.subscribe([(f"/devices/{dev}/config", 1), (f"/devices/{dev}/commands/#", 0)])
         self.connected.set()
@@ -83,6 +87,25 @@ class Device:
         payload = message.payload.decode("utf-8", errors="replace")
         log(f"received on {message.topic} (QoS {message.qos}): {payload}")
 
+    # --- commands (Cloud IoT Core sendCommandToDevice; `iotpipe devices command`) ---
+
+    def handle_commands(self, client):
+        """Route /devices/ID/commands[/subfolder] to on_command."""
+        client.message_callback_add(f"/devices/{self.args.device_id}/commands/#", self.on_command)
+
+    def on_command(self, client, userdata, message):
+        payload = message.payload.decode("utf-8", errors="replace")
+        log(f"command received on {message.topic}: {payload}")
+        with self.command_received:
+            self.commands.append((message.topic, message.payload))
+            self.command_received.notify_all()
+
+    def await_commands(self, n, timeout):
+        """Stay connected until n commands arrived; False after timeout seconds."""
+        log(f"waiting up to {timeout} s for {n} command(s)")
+        with self.command_received:
+            return self.command_received.wait_for(lambda: len(self.commands) >= n, timeout)
+
     def connect(self):
         a = self.args
         token, self.expires_at = create_jwt(a.project_id, a.private_key_file, a.algorithm, a.jwt_expires_minutes)
@@ -96,6 +119,7 @@ class Device:
         client.on_subscribe = self.on_subscribe
         client.on_disconnect = self.on_disconnect
         client.on_message = self.on_message
+        self.handle_commands(client)
         self.connected.clear()
         self.subscribed.clear()
         self.connect_rc = None
@@ -196,6 +220,9 @@ def parse_args():
     p.add_argument("--message-type", choices=("event",), default="event", help="message type")
     p.add_argument("--message-interval", type=float, default=1.0, help="seconds between messages")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for CONNACK, SUBACK and each PUBACK")
+    p.add_argument("--wait-commands", type=int, default=0,
+                   help="after the messages, stay connected until this many commands arrived")
+    p.add_argument("--wait-timeout", type=float, default=60.0, help="seconds --wait-commands waits at most")
     a = p.parse_args()
     if not 0 < a.jwt_expires_minutes <= 24 * 60:
         p.error("--jwt-expires-minutes must be in 1..1440")
@@ -257,6 +284,10 @@ def main():
         dev.disconnect()
         return 1
     if not dev.config_state.wait_for_config():
+        dev.disconnect()
+        return 1
+    if args.wait_commands > 0 and not dev.await_commands(args.wait_commands, args.wait_timeout):
+        log(f"error: {len(dev.commands)} of {args.wait_commands} commands received within {args.wait_timeout} s")
         dev.disconnect()
         return 1
     dev.disconnect()
