@@ -72,6 +72,19 @@ func outcomeOf(err error) string {
 // ErrNotSubscribed, ErrDeviceTimeout, ErrRejected, ErrBusy, ErrNoReply, or
 // are Kafka failures.
 func (h *Hub) SendCommand(ctx context.Context, device, topic string, payload []byte) (Result, error) {
+	res, err := h.sendCommand(ctx, device, topic, payload)
+	outcome := outcomeOf(err)
+	switch {
+	case errors.Is(err, ErrNoReply):
+		outcome = "no_reply"
+	case outcome == outFailed:
+		outcome = "error"
+	}
+	h.m.sent.WithLabelValues(outcome).Inc()
+	return res, err
+}
+
+func (h *Hub) sendCommand(ctx context.Context, device, topic string, payload []byte) (Result, error) {
 	p := h.Presence(device)
 	if !p.Connected {
 		return Result{}, ErrNotConnected
@@ -86,10 +99,12 @@ func (h *Hub) SendCommand(ctx context.Context, device, topic string, payload []b
 		return Result{}, fmt.Errorf("%w: %d commands wait for an answer on this instance", ErrBusy, h.cfg.MaxWaiting)
 	}
 	h.waiting[id] = ch
+	h.m.waiting.Set(float64(len(h.waiting)))
 	h.mu.Unlock()
 	defer func() {
 		h.mu.Lock()
 		delete(h.waiting, id)
+		h.m.waiting.Set(float64(len(h.waiting)))
 		h.mu.Unlock()
 	}()
 
@@ -161,8 +176,9 @@ func (h *Hub) handleDownlink(r *kgo.Record) {
 			h.reply(r, 0, fmt.Errorf("%w: %d deliveries in progress on instance %s", ErrBusy, h.cfg.MaxDeliveries, h.cfg.Instance))
 			return
 		}
+		h.m.deliveries.Inc()
 		go func() {
-			defer func() { <-h.slots }()
+			defer func() { <-h.slots; h.m.deliveries.Dec() }()
 			ctx, cancel := context.WithDeadline(context.Background(), deadline)
 			defer cancel()
 			qos, err := h.deliverer.DeliverCommand(ctx, string(r.Key), bus.Header(r, bus.HeaderTopic), r.Value)
@@ -172,6 +188,7 @@ func (h *Hub) handleDownlink(r *kgo.Record) {
 }
 
 func (h *Hub) reply(req *kgo.Record, qos byte, err error) {
+	h.m.delivered.WithLabelValues(outcomeOf(err)).Inc()
 	hdr := []kgo.RecordHeader{
 		{Key: hKind, Value: []byte(kindReply)},
 		{Key: hRequest, Value: []byte(bus.Header(req, hRequest))},

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/eclipse/paho.golang/paho"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 	"github.com/twmb/franz-go/pkg/kgo"
 
@@ -131,9 +132,10 @@ func connect(t *testing.T, addr, id, tok, filter string) *device {
 // device. A sees B's presence, and A's command reaches the device on B.
 func TestCommandAcrossInstances(t *testing.T) {
 	c := newCluster(t)
-	a := c.hub(t, nil)
+	aMetrics, bMetrics := prometheus.NewRegistry(), prometheus.NewRegistry()
+	a := c.hub(t, func(cfg *downlink.Config) { cfg.Metrics = aMetrics })
 	run(t, a)
-	bHub := c.hub(t, nil)
+	bHub := c.hub(t, func(cfg *downlink.Config) { cfg.Metrics = bMetrics })
 	br := c.brokerWith(t, bHub)
 	run(t, bHub)
 
@@ -181,6 +183,52 @@ func TestCommandAcrossInstances(t *testing.T) {
 	if _, err := send("dev-1", "/devices/dev-1/commands", "x"); !errors.Is(err, downlink.ErrNotConnected) || time.Since(start) > time.Second {
 		t.Fatalf("disconnected device: %v after %v", err, time.Since(start))
 	}
+
+	for _, m := range []struct {
+		reg          *prometheus.Registry
+		name, labels string
+		want         float64
+	}{
+		{aMetrics, "iotpipe_commands_total", "delivered", 1},
+		{aMetrics, "iotpipe_commands_total", "not_connected", 2},
+		{aMetrics, "iotpipe_commands_total", "not_subscribed", 1},
+		{aMetrics, "iotpipe_commands_waiting", "", 0},
+		{bMetrics, "iotpipe_command_deliveries_total", "delivered", 1},
+		{bMetrics, "iotpipe_command_deliveries_total", "not_subscribed", 1},
+		{bMetrics, "iotpipe_command_deliveries_in_progress", "", 0},
+	} {
+		if got := metricValue(t, m.reg, m.name, m.labels); got != m.want {
+			t.Errorf("%s{%s} = %v, want %v", m.name, m.labels, got, m.want)
+		}
+	}
+}
+
+// metricValue reads a counter (with outcome label) or gauge; -1 if absent.
+func metricValue(t *testing.T, reg *prometheus.Registry, name, outcome string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			match := outcome == ""
+			for _, lp := range m.GetLabel() {
+				match = match || lp.GetName() == "outcome" && lp.GetValue() == outcome
+			}
+			if !match {
+				continue
+			}
+			if m.GetCounter() != nil {
+				return m.GetCounter().GetValue()
+			}
+			return m.GetGauge().GetValue()
+		}
+	}
+	return -1
 }
 
 // A crashed instance leaves "connected" records and a last heartbeat behind.

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -69,6 +70,7 @@ type Config struct {
 	MaxWaiting       int // requests this instance waits on at once
 	MaxDeliveries    int // commands this instance delivers at once
 	Logger           zerolog.Logger
+	Metrics          prometheus.Registerer // nil: none
 	Now              func() time.Time
 }
 
@@ -82,6 +84,7 @@ type Result struct {
 type Hub struct {
 	cfg  Config
 	log  zerolog.Logger
+	m    *metrics
 	now  func() time.Time
 	prod *kgo.Client
 	cons *kgo.Client
@@ -91,6 +94,7 @@ type Hub struct {
 
 	deliverer Deliverer
 	slots     chan struct{} // MaxDeliveries
+	closeOnce sync.Once
 
 	mu        sync.Mutex
 	presence  map[string]record    // followed device records
@@ -168,7 +172,7 @@ func New(cfg Config) (*Hub, error) {
 		cfg.Now = time.Now
 	}
 	h := &Hub{
-		cfg: cfg, now: cfg.Now,
+		cfg: cfg, now: cfg.Now, m: newMetrics(cfg.Metrics),
 		log:       cfg.Logger.With().Str("component", "downlink").Str("instance", cfg.Instance).Logger(),
 		slots:     make(chan struct{}, cfg.MaxDeliveries),
 		presence:  map[string]record{},
@@ -266,8 +270,7 @@ func (h *Hub) WaitReady(ctx context.Context) error {
 // Run follows both topics and heartbeats until ctx ends, then writes this
 // instance's tombstone, flushes and closes the clients.
 func (h *Hub) Run(ctx context.Context) error {
-	defer h.cons.Close()
-	defer h.prod.Close()
+	defer h.Close()
 	if h.deliverer != nil {
 		h.heartbeat()
 		go func() {
@@ -313,6 +316,15 @@ func (h *Hub) Run(ctx context.Context) error {
 	return nil
 }
 
+// Close closes the Kafka clients; Run does it when it returns. For a Hub
+// that never ran.
+func (h *Hub) Close() {
+	h.closeOnce.Do(func() {
+		h.cons.Close()
+		h.prod.Close()
+	})
+}
+
 func (h *Hub) checkReady() {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -339,6 +351,7 @@ func (h *Hub) heartbeat() {
 func (h *Hub) tryProduce(r *kgo.Record) {
 	h.prod.TryProduce(context.Background(), r, func(r *kgo.Record, err error) {
 		if err != nil {
+			h.m.presenceDrops.Inc()
 			h.log.Warn().Err(err).Str("topic", r.Topic).Str("key", string(r.Key)).Msg("downlink write failed")
 		}
 	})

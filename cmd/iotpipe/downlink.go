@@ -11,12 +11,13 @@ import (
 func (e *env) newHub() (*downlink.Hub, error) {
 	h, err := downlink.New(downlink.Config{
 		Kafka: e.kafka, Topic: e.topics.Downlink, PresenceTopic: e.topics.Presence,
-		AckTimeout: e.o.commandTimeout, Logger: e.log,
+		AckTimeout: e.o.commandTimeout, Logger: e.log, Metrics: e.metrics,
 	})
 	if err != nil {
 		return nil, err
 	}
 	e.hub = h
+	e.closers = append(e.closers, h.Close) // when Run never ran; a no-op after it
 	return h, nil
 }
 
