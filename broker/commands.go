@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -118,15 +119,22 @@ func (h *commandHook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.
 	}
 	switch pk.FixedHeader.Type {
 	case packets.Pingreq:
-		if dev, err := deviceFromClientID(cl.ID); err == nil {
-			h.presence.DevicePinged(dev)
-		}
+		h.presence.DevicePinged(connectedDevice(cl))
 	case packets.Publish:
-		if dev, err := deviceFromClientID(cl.ID); err == nil {
-			h.presence.DevicePublished(dev)
-		}
+		h.presence.DevicePublished(connectedDevice(cl))
 	}
 	return pk, nil
+}
+
+// connectedDevice is the device id of an authenticated client: its client
+// id was checked at CONNECT, so the id is what follows the last '/'. Unlike
+// deviceFromClientID it does not allocate, which matters per PUBLISH.
+func connectedDevice(cl *mqtt.Client) string {
+	id := cl.ID
+	if i := strings.LastIndexByte(id, '/'); i >= 0 {
+		id = id[i+1:]
+	}
+	return id
 }
 
 // OnQosComplete is called by mochi on the client's read goroutine when a

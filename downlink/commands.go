@@ -89,6 +89,9 @@ func (h *Hub) sendCommand(ctx context.Context, device, topic string, payload []b
 	if !p.Connected {
 		return Result{}, ErrNotConnected
 	}
+	if p.Instance == h.cfg.Instance && h.deliverer != nil {
+		return h.deliverHere(ctx, device, topic, payload)
+	}
 	var b [12]byte
 	_, _ = rand.Read(b[:])
 	id := hex.EncodeToString(b[:])
@@ -141,6 +144,29 @@ func (h *Hub) sendCommand(ctx context.Context, device, topic string, payload []b
 	case <-ctx.Done():
 		return Result{}, ctx.Err()
 	}
+}
+
+// deliverHere delivers a command for a device connected to this very
+// instance without the round trip through Kafka (`iotpipe run`, or an API
+// beside the broker holding the device), with the same bounds.
+func (h *Hub) deliverHere(ctx context.Context, device, topic string, payload []byte) (Result, error) {
+	select {
+	case h.slots <- struct{}{}:
+	default:
+		err := fmt.Errorf("%w: %d deliveries in progress on instance %s", ErrBusy, h.cfg.MaxDeliveries, h.cfg.Instance)
+		h.m.delivered.WithLabelValues(outcomeOf(err)).Inc()
+		return Result{}, err
+	}
+	h.m.deliveries.Inc()
+	defer func() { <-h.slots; h.m.deliveries.Dec() }()
+	dctx, cancel := context.WithTimeout(ctx, h.cfg.AckTimeout)
+	defer cancel()
+	qos, err := h.deliverer.DeliverCommand(dctx, device, topic, payload)
+	h.m.delivered.WithLabelValues(outcomeOf(err)).Inc()
+	if err != nil {
+		return Result{}, err
+	}
+	return Result{QoS: qos, Instance: h.cfg.Instance}, nil
 }
 
 // handleDownlink runs on the consumer loop: it must not wait for devices.

@@ -25,13 +25,19 @@
 // bounded map of waiting requests (MaxWaiting) and drops replies addressed to
 // other instances after reading two headers.
 //
+// A command for a device held by the requesting instance itself (`iotpipe
+// run`, or an API beside the broker) is delivered directly, without the round
+// trip through Kafka, under the same bounds.
+//
 // Instances start reading the downlink topic at its end (resolved in New, so
 // a record produced after New returned is seen). Commands are not replayed:
 // a command is a live request with a caller waiting for its outcome and a
 // deadline, like Cloud IoT Core's sendCommandToDevice, which delivered only
 // to connected, subscribed devices and never queued. A command replayed after
 // a restart would reach the device after its caller was told it failed, or
-// run twice.
+// run twice. The topic keeps records for an hour (retention.ms), for
+// inspection only. The deadline is the requester's clock; the target skips
+// commands past it, so instance clocks must agree to well under ReplyMargin.
 //
 // # Presence (the presence topic)
 //

@@ -168,6 +168,17 @@ func TestCommandAcrossInstances(t *testing.T) {
 		t.Fatal("SendCommand returned before the device got the command") // QoS 1: after its PUBACK
 	}
 
+	// The instance holding the device delivers its own API's commands
+	// without the round trip through Kafka.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if res, err := bHub.SendCommand(ctx, "dev-1", "/devices/dev-1/commands", []byte("local")); err != nil || res.Instance != bHub.Instance() {
+		t.Fatalf("local send: %+v %v", res, err)
+	}
+	if pk := <-d.got; string(pk.Payload) != "local" {
+		t.Fatalf("device got %q", pk.Payload)
+	}
+
 	connect(t, br.Addr(), "dev-2", "tok-2", "")
 	testkafka.Eventually(t, 10*time.Second, "A sees dev-2 connected", func() bool { return a.Presence("dev-2").Connected })
 	if _, err := send("dev-2", "/devices/dev-2/commands", "x"); !errors.Is(err, downlink.ErrNotSubscribed) {
@@ -193,7 +204,8 @@ func TestCommandAcrossInstances(t *testing.T) {
 		{aMetrics, "iotpipe_commands_total", "not_connected", 2},
 		{aMetrics, "iotpipe_commands_total", "not_subscribed", 1},
 		{aMetrics, "iotpipe_commands_waiting", "", 0},
-		{bMetrics, "iotpipe_command_deliveries_total", "delivered", 1},
+		{bMetrics, "iotpipe_command_deliveries_total", "delivered", 2},
+		{bMetrics, "iotpipe_commands_total", "delivered", 1},
 		{bMetrics, "iotpipe_command_deliveries_total", "not_subscribed", 1},
 		{bMetrics, "iotpipe_command_deliveries_in_progress", "", 0},
 	} {

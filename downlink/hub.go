@@ -193,9 +193,9 @@ func New(cfg Config) (*Hub, error) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	compact := "compact"
+	compact, hour := "compact", "3600000"
 	if err := bus.EnsureTopics(ctx, h.prod, []bus.TopicSpec{
-		{Name: cfg.Topic, Partitions: 1},
+		{Name: cfg.Topic, Partitions: 1, Configs: map[string]*string{"retention.ms": &hour}},
 		{Name: cfg.PresenceTopic, Partitions: 1, Configs: map[string]*string{"cleanup.policy": &compact}},
 	}, -1); err != nil {
 		h.prod.Close()

@@ -65,12 +65,14 @@ type TopicSpec struct {
 // Specs returns the creation specs for all topics. Registry and state are
 // compacted because only the latest value per device matters.
 func (t Topics) Specs(telemetryPartitions int32) []TopicSpec {
-	compact := "compact"
+	compact, hour := "compact", "3600000"
 	return []TopicSpec{
 		{Name: t.Telemetry, Partitions: telemetryPartitions},
 		{Name: t.Registry, Partitions: 1, Configs: map[string]*string{"cleanup.policy": &compact}},
 		{Name: t.State, Partitions: telemetryPartitions, Configs: map[string]*string{"cleanup.policy": &compact}},
-		{Name: t.Downlink, Partitions: 1},
+		// Commands are live requests, never replayed (package downlink):
+		// an hour is plenty for inspection.
+		{Name: t.Downlink, Partitions: 1, Configs: map[string]*string{"retention.ms": &hour}},
 		{Name: t.DeadLetter, Partitions: 1},
 		{Name: t.Presence, Partitions: 1, Configs: map[string]*string{"cleanup.policy": &compact}},
 	}
