@@ -107,6 +107,20 @@
 // is refused by mochi's MaximumPacketSize before it is read, by closing the
 // connection (mochi sends no DISCONNECT then).
 //
+// # Commands and presence
+//
+// DeliverCommand writes a command to a device connected here (see
+// commands.go): to its most recent client whose subscription matches the
+// topic, at that subscription's QoS. QoS 1 takes a packet id, registers the
+// message in mochi's inflight store (so ids never collide and mochi's PUBACK
+// handling calls OnQosComplete) and waits for the PUBACK until ctx ends;
+// QoS 0 returns once written. Errors wrap downlink.ErrNotConnected,
+// ErrNotSubscribed, ErrDeviceTimeout, ErrRejected (v5 PUBACK ≥ 0x80) or
+// ErrBusy (MaximumInflight unacknowledged messages). It runs on the
+// caller's goroutine, never on a client's read loop. Config.Presence is told
+// when a device's session is established and ends, and of PINGREQs and
+// PUBLISHes (package downlink throttles what it writes).
+//
 // # Memory per connection
 //
 // An idle device costs about 26 KiB resident, 34 KiB (tokens) to 39 KiB

@@ -17,6 +17,7 @@ import (
 	"github.com/iotpipe/iotpipe/broker"
 	"github.com/iotpipe/iotpipe/downlink"
 	"github.com/iotpipe/iotpipe/ingest"
+	"github.com/iotpipe/iotpipe/internal/bus"
 	"github.com/iotpipe/iotpipe/internal/testkafka"
 	"github.com/iotpipe/iotpipe/registry"
 )
@@ -75,7 +76,11 @@ func run(t *testing.T, h *downlink.Hub) {
 // brokerWith runs a broker whose commands and presence go through hub.
 func (c cluster) brokerWith(t *testing.T, hub *downlink.Hub) *broker.Broker {
 	t.Helper()
-	fw, err := ingest.New(ingest.Config{Kafka: []kgo.Opt{kgo.SeedBrokers(c.seeds...)}, Topic: testkafka.Prefix(t) + "telemetry"})
+	telemetry := testkafka.Prefix(t) + "telemetry"
+	if err := bus.EnsureTopics(context.Background(), testkafka.Client(t, c.seeds), []bus.TopicSpec{{Name: telemetry, Partitions: 1}}, -1); err != nil {
+		t.Fatal(err)
+	}
+	fw, err := ingest.New(ingest.Config{Kafka: []kgo.Opt{kgo.SeedBrokers(c.seeds...)}, Topic: telemetry})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -303,4 +308,52 @@ func TestHeartbeatAndCleanShutdown(t *testing.T) {
 		t.Fatal(err)
 	}
 	testkafka.Eventually(t, 300*time.Millisecond, "A to see the instance gone", func() bool { return !a.Presence("dev-1").Connected })
+}
+
+// PINGREQs and PUBLISHes reach presence as last_heartbeat/last_event, at
+// most once per ActivityInterval per device: with an interval of an hour
+// nothing after the connect is written; with 200 ms the times follow.
+func TestActivityThrottled(t *testing.T) {
+	for _, tc := range []struct {
+		interval time.Duration
+		written  bool
+	}{{time.Hour, false}, {200 * time.Millisecond, true}} {
+		t.Run(tc.interval.String(), func(t *testing.T) {
+			c := newCluster(t)
+			a := c.hub(t, nil)
+			run(t, a)
+			bHub := c.hub(t, func(cfg *downlink.Config) { cfg.ActivityInterval = tc.interval })
+			br := c.brokerWith(t, bHub)
+			run(t, bHub)
+			conn, err := net.Dial("tcp", br.Addr())
+			if err != nil {
+				t.Fatal(err)
+			}
+			cl := paho.NewClient(paho.ClientConfig{Conn: conn})
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			// KeepAlive 1 s: Paho sends a PINGREQ about every second.
+			if ca, err := cl.Connect(ctx, &paho.Connect{ClientID: "dev-1", KeepAlive: 1, CleanStart: true, PasswordFlag: true,
+				Password: []byte("tok-1")}); err != nil || ca.ReasonCode != 0 {
+				t.Fatalf("connect: %v %+v", err, ca)
+			}
+			defer cl.Disconnect(&paho.Disconnect{})
+			testkafka.Eventually(t, 5*time.Second, "connected", func() bool { return a.Presence("dev-1").Connected })
+			deadline := time.Now().Add(3 * time.Second)
+			var p downlink.Presence
+			for time.Now().Before(deadline) {
+				if _, err := cl.Publish(ctx, &paho.Publish{QoS: 0, Topic: "/devices/dev-1/events", Payload: []byte(`{"t": 1}`)}); err != nil {
+					t.Fatal(err)
+				}
+				p = a.Presence("dev-1")
+				if !p.LastEvent.IsZero() && !p.LastHeartbeat.IsZero() {
+					break
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+			if got := !p.LastEvent.IsZero() && !p.LastHeartbeat.IsZero(); got != tc.written {
+				t.Fatalf("after 3 s of publishes and pings: last event %v, last heartbeat %v; want written=%v", p.LastEvent, p.LastHeartbeat, tc.written)
+			}
+		})
+	}
 }
