@@ -271,9 +271,11 @@ func (h *Hub) WaitReady(ctx context.Context) error {
 // instance's tombstone, flushes and closes the clients.
 func (h *Hub) Run(ctx context.Context) error {
 	defer h.Close()
+	beats := make(chan struct{})
 	if h.deliverer != nil {
 		h.heartbeat()
 		go func() {
+			defer close(beats)
 			t := time.NewTicker(h.cfg.Heartbeat)
 			defer t.Stop()
 			for {
@@ -285,6 +287,8 @@ func (h *Hub) Run(ctx context.Context) error {
 				}
 			}
 		}()
+	} else {
+		close(beats)
 	}
 	for {
 		fs := h.cons.PollFetches(ctx)
@@ -303,6 +307,7 @@ func (h *Hub) Run(ctx context.Context) error {
 		})
 		h.checkReady()
 	}
+	<-beats // no heartbeat after the tombstone
 	fctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if h.deliverer != nil {
