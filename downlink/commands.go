@@ -122,7 +122,11 @@ func (h *Hub) sendCommand(ctx context.Context, device, topic string, payload []b
 		{Key: bus.HeaderTopic, Value: []byte(topic)},
 		{Key: hDeadline, Value: bus.FormatMillis(deadline)},
 	}}
-	if err := h.prod.ProduceSync(ctx, rec).FirstErr(); err != nil {
+	// Bounded like the wait below: with Kafka down the caller gets an
+	// answer, not a hang (the client's delivery timeout bounds it too).
+	pctx, cancel := context.WithTimeout(ctx, h.cfg.AckTimeout+h.cfg.ReplyMargin)
+	defer cancel()
+	if err := h.prod.ProduceSync(pctx, rec).FirstErr(); err != nil {
 		return Result{}, fmt.Errorf("downlink: produce command: %w", err)
 	}
 	select {

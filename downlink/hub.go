@@ -186,6 +186,9 @@ func New(cfg Config) (*Hub, error) {
 	h.prod, err = kgo.NewClient(append(slices.Clone(cfg.Kafka),
 		kgo.RequiredAcks(kgo.AllISRAcks()),
 		kgo.ProducerLinger(0), // commands are latency-bound, not throughput-bound
+		// A command nobody waits for any more is worthless; presence is
+		// rewritten on the next change anyway.
+		kgo.RecordDeliveryTimeout(max(cfg.AckTimeout+cfg.ReplyMargin, 5*time.Second)), // kgo allows >= 1 s
 		kgo.MaxBufferedRecords(10000),
 	)...)
 	if err != nil {
