@@ -5,7 +5,11 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -69,6 +73,45 @@ func TestCommandsAcrossInstances(t *testing.T) {
 		t.Fatalf("device got %q", pk.Payload)
 	}
 
+	// A binary payload from a file; the CLI refuses ambiguous input itself.
+	file := filepath.Join(t.TempDir(), "cmd.bin")
+	if err := os.WriteFile(file, []byte{0, 1, 2, 0xff}, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := p1.cli("devices", "command", "valve-1", "--data-file", file); err != nil {
+		t.Fatalf("cli --data-file: %q %v", out, err)
+	}
+	if pk := <-got; string(pk.Payload) != "\x00\x01\x02\xff" {
+		t.Fatalf("device got %q", pk.Payload)
+	}
+	if _, err := p1.cli("devices", "command", "valve-1", "--data", "x", "--data-file", file); err == nil ||
+		!strings.Contains(err.Error(), "exactly one of --data and --data-file") {
+		t.Fatalf("both --data and --data-file: %v", err)
+	}
+
+	// Scale-out: a broker-only instance (`iotpipe broker`) delivers too.
+	brokerMQTT := startBrokerOnly(t, []string{"--kafka-brokers", strings.Join(seeds, ","), "--topic-prefix", prefix})
+	tok3 := p1.createDevice("valve-3")
+	var got3 chan *paho.Publish
+	var dev3 *paho.Client
+	testkafka.Eventually(t, 5*time.Second, "valve-3 to connect to the broker-only instance", func() bool {
+		got3, dev3 = connectDevice(t, brokerMQTT, "valve-3", tok3)
+		return dev3 != nil
+	})
+	if _, err := dev3.Subscribe(ctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: "/devices/valve-3/commands", QoS: 0}}}); err != nil {
+		t.Fatal(err)
+	}
+	testkafka.Eventually(t, 5*time.Second, "instance 1 to see valve-3 connected", func() bool {
+		d, err := cl1.Device(ctx, "valve-3")
+		return err == nil && d.Connected
+	})
+	if res, err := cl1.SendCommand(ctx, "valve-3", []byte("q0"), ""); err != nil || res.QoS != 0 {
+		t.Fatalf("command via the broker-only instance: %+v %v", res, err)
+	}
+	if pk := <-got3; string(pk.Payload) != "q0" {
+		t.Fatalf("valve-3 got %q", pk.Payload)
+	}
+
 	// Offline devices: never connected, and gone.
 	p1.createDevice("valve-2")
 	refusedAtOnce(t, cl1, "valve-2")
@@ -83,6 +126,50 @@ func TestCommandsAcrossInstances(t *testing.T) {
 	refusedAtOnce(t, cl1, "valve-1")
 	p2.stop()
 	p1.stop()
+}
+
+// startBrokerOnly runs `iotpipe broker` on kafkaArgs and returns its MQTT
+// port once /readyz answers.
+func startBrokerOnly(t *testing.T, kafkaArgs []string) int {
+	t.Helper()
+	mqttPort, opsPort := freePort(t), freePort(t)
+	args := append([]string{"broker", "--log-format", "json", "--data-dir", t.TempDir(),
+		"--mqtt-addr", fmt.Sprintf("127.0.0.1:%d", mqttPort), "--http-addr", fmt.Sprintf("127.0.0.1:%d", opsPort)}, kafkaArgs...)
+	var logs syncBuffer
+	cmd := exec.Command(binary, args...)
+	cmd.Stdout, cmd.Stderr = &logs, &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case err := <-exited:
+			if err != nil {
+				t.Errorf("iotpipe broker exited with %v\n%s", err, tail(logs.String(), 30))
+			}
+		case <-time.After(30 * time.Second):
+			_ = cmd.Process.Kill()
+			t.Errorf("iotpipe broker did not stop within 30 s of SIGTERM")
+		}
+	})
+	testkafka.Eventually(t, 60*time.Second, "iotpipe broker ready", func() bool {
+		select {
+		case err := <-exited:
+			exited <- err
+			t.Fatalf("iotpipe broker exited: %v\n%s", err, tail(logs.String(), 30))
+		default:
+		}
+		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/readyz", opsPort))
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
+	return mqttPort
 }
 
 func refusedAtOnce(t *testing.T, cl *api.Client, id string) {
