@@ -11,7 +11,8 @@
 // status: 400 for bad parameters, 401 for a missing or wrong token, 403 for
 // a write with the read token, 404 for an unknown device, 409 for a
 // duplicate or a stale config version, 413 for a config above 64 KiB, 503
-// when a dependency is down.
+// when a dependency is down. Commands add 409 for a device not connected or
+// not subscribed, 413, 502 and 504 (commands.go).
 package api
 
 import (
