@@ -220,6 +220,9 @@ func New(cfg Config) (*Hub, error) {
 		parts[cfg.PresenceTopic][p] = kgo.NewOffset().AtStart()
 	}
 	h.cons, err = kgo.NewClient(append(slices.Clone(cfg.Kafka), kgo.ConsumePartitions(parts),
+		// Apache Kafka answers a fetch as soon as data arrives, but the
+		// embedded kfake waits out FetchMaxWait (measured: 5 s per command
+		// with the default); a short wait costs a few empty fetches a second.
 		kgo.FetchMaxWait(100*time.Millisecond))...)
 	if err != nil {
 		h.prod.Close()
