@@ -38,7 +38,8 @@ func (h *Hub) Presence(device string) Presence {
 		} else if p.LastDisconnected.Before(p.LastConnected) {
 			// The instance died holding the connection: its last sign of
 			// life is the best known disconnection time.
-			p.LastDisconnected = later(h.instances[rec.Instance], rec.written)
+			// (Not before the connection: the last heartbeat may predate it.)
+			p.LastDisconnected = later(later(h.instances[rec.Instance], rec.written), rec.LastConnected)
 		}
 	}
 	if !p.Connected {

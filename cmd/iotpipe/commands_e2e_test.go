@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -205,4 +206,49 @@ func connectDevice(t *testing.T, port int, clientID, token string) (chan *paho.P
 	}
 	t.Cleanup(func() { _ = c.Disconnect(&paho.Disconnect{}) })
 	return got, c
+}
+
+// An instance killed with its devices connected cannot say they left: its
+// heartbeats stop, and within the presence lease (15 s) the other instance
+// stops counting them as connected and refuses commands to them at once.
+func TestCommandsInstanceCrash(t *testing.T) {
+	seeds := testkafka.Seeds(t)
+	prefix := testkafka.Prefix(t)
+	shared := []string{"--kafka-brokers", strings.Join(seeds, ","), "--topic-prefix", prefix, "--partitions", "2"}
+	p1, p2 := newPipeline(t), newPipeline(t)
+	// Separate processor groups: a killed group member would hold up
+	// instance 1's processor at shutdown, which is not what this tests.
+	p1.kafkaArg = append(slices.Clone(shared), "--consumer-group", prefix+"processor1")
+	p2.kafkaArg = append(slices.Clone(shared), "--consumer-group", prefix+"processor2")
+	p1.start()
+	p2.start()
+	tok := p1.createDevice("pump-1")
+	var dev *paho.Client
+	testkafka.Eventually(t, 5*time.Second, "pump-1 to connect to instance 2", func() bool {
+		_, dev = connectDevice(t, p2.mqttPort, "pump-1", tok)
+		return dev != nil
+	})
+	cl1 := p1.client()
+	ctx := context.Background()
+	testkafka.Eventually(t, 5*time.Second, "instance 1 to see pump-1 connected", func() bool {
+		d, err := cl1.Device(ctx, "pump-1")
+		return err == nil && d.Connected
+	})
+	killed := time.Now()
+	if err := p2.cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	p2.exited <- <-p2.exited
+	testkafka.Eventually(t, 25*time.Second, "instance 1 to stop counting pump-1 as connected", func() bool {
+		d, err := cl1.Device(ctx, "pump-1")
+		return err == nil && !d.Connected
+	})
+	took := time.Since(killed)
+	d, _ := cl1.Device(ctx, "pump-1")
+	if d.LastDisconnectedTime.Before(d.LastConnectedTime) || d.LastDisconnectedTime.After(killed.Add(time.Second)) {
+		t.Errorf("after the crash: %+v; want last_disconnected_time between the connection and the kill at %v", d.DevicePresence, killed)
+	}
+	t.Logf("pump-1 counted as disconnected %v after its instance was killed", took.Round(100*time.Millisecond))
+	refusedAtOnce(t, cl1, "pump-1")
+	p1.stop()
 }
