@@ -188,8 +188,14 @@ func (h *commandHook) deliver(ctx context.Context, device, topic string, payload
 		}
 		return 0, nil
 	}
-	if cl.State.Inflight.Len() >= h.maxInflight {
-		return 0, fmt.Errorf("%w: %d messages to this device await a PUBACK", downlink.ErrBusy, h.maxInflight)
+	// An MQTT 5 device may allow fewer unacknowledged messages (its Receive
+	// Maximum); sending more would be a protocol error.
+	limit := h.maxInflight
+	if rm := int(cl.Properties.Props.ReceiveMaximum); cl.Properties.ProtocolVersion == 5 && rm > 0 {
+		limit = min(limit, rm)
+	}
+	if cl.State.Inflight.Len() >= limit {
+		return 0, fmt.Errorf("%w: %d messages to this device await a PUBACK", downlink.ErrBusy, limit)
 	}
 	id, err := cl.NextPacketID()
 	if err != nil {

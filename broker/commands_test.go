@@ -178,3 +178,30 @@ func TestCommandTopic(t *testing.T) {
 		}
 	}
 }
+
+// An MQTT 5 device with Receive Maximum 1 gets no second QoS 1 command while
+// the first awaits its PUBACK: ErrBusy instead of a protocol violation.
+func TestCommandRespectsReceiveMaximum(t *testing.T) {
+	e := newEnv(t, envOpt{})
+	c, _ := dialRaw(t, e.b.Addr(), 5, "dev-5", "tok-5", &packets.Properties{ReceiveMaximum: 1})
+	c.subscribe("/devices/dev-5/commands/#", 1)
+	first := make(chan error, 1)
+	go func() {
+		_, err := deliver(t, e.b, 10*time.Second, "dev-5", "/devices/dev-5/commands", "1")
+		first <- err
+	}()
+	pk, err := c.read()
+	if err != nil || pk.FixedHeader.Type != packets.Publish {
+		t.Fatalf("device got %+v %v", pk, err)
+	}
+	if _, err := deliver(t, e.b, time.Second, "dev-5", "/devices/dev-5/commands", "2"); !errors.Is(err, downlink.ErrBusy) {
+		t.Fatalf("second command: %v, want ErrBusy", err)
+	}
+	c.write(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: pk.PacketID})
+	if err := <-first; err != nil {
+		t.Fatalf("first command: %v", err)
+	}
+	if _, err := deliver(t, e.b, time.Second, "dev-5", "/devices/dev-5/commands", "3"); !errors.Is(err, downlink.ErrDeviceTimeout) {
+		t.Fatalf("after the PUBACK a third is sent (and times out unacknowledged): %v", err)
+	}
+}
