@@ -170,10 +170,11 @@ func (h *commandHook) deliver(ctx context.Context, device, topic string, payload
 		return 0, downlink.ErrNotConnected
 	}
 	var cl *mqtt.Client
+	var ids []int
 	qos := -1
 	for i := len(clients) - 1; i >= 0 && cl == nil; i-- {
-		if q, ok := subscribedQoS(clients[i], device, topic); ok {
-			cl, qos = clients[i], int(q)
+		if q, subIDs, ok := subscribedQoS(clients[i], device, topic); ok {
+			cl, qos, ids = clients[i], int(q), subIDs
 		}
 	}
 	if cl == nil {
@@ -182,6 +183,9 @@ func (h *commandHook) deliver(ctx context.Context, device, topic string, payload
 	qos = min(qos, 1) // the broker grants at most QoS 1
 	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: byte(qos)},
 		TopicName: topic, Payload: payload, Created: time.Now().Unix()}
+	if cl.Properties.ProtocolVersion == 5 {
+		pk.Properties.SubscriptionIdentifier = ids // MQTT-3.3.4-3
+	}
 	if qos == 0 {
 		if err := cl.WritePacket(pk); err != nil {
 			return 0, writeErr(err)
@@ -247,17 +251,22 @@ func writeErr(err error) error {
 }
 
 // subscribedQoS returns the highest QoS of cl's subscriptions matching a
-// commands topic. The ACL admits only the device's own
-// /devices/D/commands, /devices/D/commands/<sub> and /devices/D/commands/#
-// filters, so matching is equality or the '#' filter, which also matches
-// /devices/D/commands itself (MQTT 4.7.1.2).
-func subscribedQoS(cl *mqtt.Client, device, topic string) (byte, bool) {
+// commands topic, and their MQTT 5 subscription identifiers. The ACL admits
+// only the device's own /devices/D/commands, /devices/D/commands/<sub> and
+// /devices/D/commands/# filters, so matching is equality or the '#' filter,
+// which also matches /devices/D/commands itself (MQTT 4.7.1.2).
+func subscribedQoS(cl *mqtt.Client, device, topic string) (byte, []int, bool) {
 	all := "/devices/" + device + "/commands/#"
 	best, ok := byte(0), false
+	var ids []int
 	for filter, sub := range cl.State.Subscriptions.GetAll() {
 		if filter == topic || filter == all {
 			best, ok = max(best, sub.Qos), true
+			if sub.Identifier > 0 {
+				ids = append(ids, sub.Identifier)
+			}
 		}
 	}
-	return best, ok
+	slices.Sort(ids)
+	return best, ids, ok
 }

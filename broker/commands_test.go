@@ -48,7 +48,9 @@ func TestCommandPahoV5(t *testing.T) {
 		t.Fatalf("connect: %v %+v", err, ca)
 	}
 	defer c.Disconnect(&paho.Disconnect{})
-	if _, err := c.Subscribe(ctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: "/devices/dev-1/commands/#", QoS: 1}}}); err != nil {
+	subID := 7
+	if _, err := c.Subscribe(ctx, &paho.Subscribe{Properties: &paho.SubscribeProperties{SubscriptionIdentifier: &subID},
+		Subscriptions: []paho.SubscribeOptions{{Topic: "/devices/dev-1/commands/#", QoS: 1}}}); err != nil {
 		t.Fatal(err)
 	}
 	for _, topic := range []string{"/devices/dev-1/commands", "/devices/dev-1/commands/opt/sub"} {
@@ -60,6 +62,9 @@ func TestCommandPahoV5(t *testing.T) {
 		case pk := <-got:
 			if pk.Topic != topic || string(pk.Payload) != "reboot "+topic || pk.QoS != 1 {
 				t.Fatalf("got %s %q QoS %d", pk.Topic, pk.Payload, pk.QoS)
+			}
+			if pk.Properties == nil || pk.Properties.SubscriptionIdentifier == nil || *pk.Properties.SubscriptionIdentifier != subID {
+				t.Fatalf("subscription identifier %+v, want %d", pk.Properties, subID)
 			}
 		case <-time.After(5 * time.Second):
 			t.Fatalf("%s: device got nothing", topic)

@@ -116,10 +116,11 @@
 // handling calls OnQosComplete) and waits for the PUBACK until ctx ends;
 // QoS 0 returns once written. Errors wrap downlink.ErrNotConnected,
 // ErrNotSubscribed, ErrDeviceTimeout, ErrRejected (v5 PUBACK ≥ 0x80) or
-// ErrBusy (MaximumInflight unacknowledged messages). It runs on the
-// caller's goroutine, never on a client's read loop. Config.Presence is told
-// when a device's session is established and ends, and of PINGREQs and
-// PUBLISHes (package downlink throttles what it writes).
+// ErrBusy (MaximumInflight, or the device's MQTT 5 Receive Maximum,
+// unacknowledged messages). MQTT 5 subscription identifiers are sent. It
+// runs on the caller's goroutine, never on a client's read loop.
+// Config.Presence is told when a device's session is established and ends,
+// and of PINGREQs and PUBLISHes (package downlink throttles what it writes).
 //
 // # Memory per connection
 //
