@@ -140,9 +140,9 @@ func runDevices(ctx context.Context, args []string, stdout, stderr io.Writer) er
 			return printJSON(stdout, list)
 		}
 		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "ID\tNAME\tLABELS\tBLOCKED\tCREATED")
+		fmt.Fprintln(tw, "ID\tNAME\tLABELS\tBLOCKED\tCONNECTED\tCREATED")
 		for _, d := range list {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%v\t%s\n", d.ID, d.Name, formatLabels(d.Labels), d.Blocked, d.CreatedAt.Format(time.RFC3339))
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%v\t%v\t%s\n", d.ID, d.Name, formatLabels(d.Labels), d.Blocked, d.Connected, d.CreatedAt.Format(time.RFC3339))
 		}
 		return tw.Flush()
 	case "set":

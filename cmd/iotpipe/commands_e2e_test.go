@@ -54,7 +54,20 @@ func TestCommandsAcrossInstances(t *testing.T) {
 		return err == nil && d.Connected && !d.LastConnectedTime.IsZero()
 	})
 
-	out, err := p1.cli("devices", "command", "valve-1", "--data", "open 30%", "--subfolder", "valve/main")
+	out, err := p1.cli("devices", "list")
+	if err != nil {
+		t.Fatal(err)
+	}
+	listed := false
+	for _, line := range strings.Split(out, "\n") {
+		if f := strings.Fields(line); len(f) > 2 && f[0] == "valve-1" {
+			listed = f[len(f)-2] == "true" // CONNECTED, before CREATED
+		}
+	}
+	if !listed {
+		t.Fatalf("devices list does not show valve-1 connected:\n%s", out)
+	}
+	out, err = p1.cli("devices", "command", "valve-1", "--data", "open 30%", "--subfolder", "valve/main")
 	if err != nil || !strings.Contains(out, "/devices/valve-1/commands/valve/main") || !strings.Contains(out, "acknowledged") {
 		t.Fatalf("cli command: %q %v", out, err)
 	}
