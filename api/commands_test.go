@@ -73,7 +73,7 @@ func newCommandServer(t *testing.T, mod func(*downlink.Config)) *cmdEnv {
 	brokerHub.SetDeliverer(br)
 	srv, err := New(Config{Addr: "127.0.0.1:0", Registry: reg, Store: sharedStore(t), AdminToken: adminTok,
 		ReadToken: "test-read-token-0123456789", WindowSizes: []time.Duration{10 * time.Second},
-		Commands: apiHub, Logger: zerolog.Nop()})
+		Commands: apiHub, Logger: testLogger()})
 	if err != nil {
 		t.Fatal(err)
 	}

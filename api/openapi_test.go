@@ -343,7 +343,7 @@ func TestOpenAPIDocumentsEveryStatusInCode(t *testing.T) {
 var statusByName = map[string]int{
 	"StatusOK": 200, "StatusCreated": 201, "StatusNoContent": 204, "StatusBadRequest": 400, "StatusUnauthorized": 401,
 	"StatusForbidden": 403, "StatusNotFound": 404, "StatusMethodNotAllowed": 405, "StatusConflict": 409, "StatusRequestEntityTooLarge": 413,
-	"StatusInternalServerError": 500, "StatusServiceUnavailable": 503,
+	"StatusInternalServerError": 500, "StatusBadGateway": 502, "StatusServiceUnavailable": 503, "StatusGatewayTimeout": 504,
 }
 
 // ---- what the tests observe ----
