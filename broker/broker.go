@@ -200,7 +200,7 @@ func New(cfg Config) (*Broker, error) {
 	m := newMetrics(cfg.Metrics, srv)
 	fwd := newForwardHook(srv, cfg.Forwarder, cfg.MaxInflightPerClient, cfg.MaxPayloadBytes, cfg.StateTopic, m, log)
 	auth := &authHook{auth: cfg.Auth, m: m, draining: fwd.isDraining, log: log}
-	cmd := &commandHook{presence: cfg.Presence, maxInflight: int(caps.MaximumInflight)}
+	cmd := &commandHook{srv: srv, presence: cfg.Presence, maxInflight: int(caps.MaximumInflight)}
 	hooks := []mqtt.Hook{
 		auth,
 		&aclHook{m: m},

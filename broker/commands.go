@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -48,6 +49,7 @@ func CommandTopic(device, subfolder string) (string, error) {
 // mochi's PUBACK handling calls OnQosComplete) and waits for that.
 type commandHook struct {
 	mqtt.HookBase
+	srv         *mqtt.Server
 	presence    Presence // nil: none
 	maxInflight int      // mochi's per-client server→device inflight cap
 
@@ -218,9 +220,16 @@ func (h *commandHook) deliver(ctx context.Context, device, topic string, payload
 		h.mu.Lock()
 		delete(h.acks, k)
 		h.mu.Unlock()
-		cl.State.Inflight.Delete(pk.PacketID)
+		if cl.State.Inflight.Delete(pk.PacketID) {
+			cl.State.Inflight.IncreaseSendQuota()
+			atomic.AddInt64(&h.srv.Info.Inflight, -1)
+		}
 	}
-	cl.State.Inflight.Set(pk)
+	// As mochi's own publish path does: its PUBACK handling undoes these.
+	if cl.State.Inflight.Set(pk) {
+		atomic.AddInt64(&h.srv.Info.Inflight, 1)
+		cl.State.Inflight.DecreaseSendQuota()
+	}
 	if err := cl.WritePacket(pk); err != nil {
 		forget()
 		return 0, writeErr(err)

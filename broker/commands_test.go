@@ -3,6 +3,7 @@ package broker
 import (
 	"context"
 	"errors"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -131,6 +132,9 @@ func TestCommandAckOutcomes(t *testing.T) {
 	if n := cl.State.Inflight.Len(); n != 0 {
 		t.Fatalf("%d inflight messages left after the timeout", n)
 	}
+	if n := atomic.LoadInt64(&e.b.srv.Info.Inflight); n != 0 {
+		t.Fatalf("server inflight count %d after the timeout, want 0", n)
+	}
 	if pk, err := c.read(); err != nil || pk.FixedHeader.Type != packets.Publish || pk.FixedHeader.Qos != 1 {
 		t.Fatalf("device got %+v %v", pk, err)
 	}
@@ -147,6 +151,9 @@ func TestCommandAckOutcomes(t *testing.T) {
 	c.write(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: pk.PacketID, ReasonCode: 0x80})
 	if err := <-res; !errors.Is(err, downlink.ErrRejected) {
 		t.Fatalf("PUBACK 0x80: %v", err)
+	}
+	if n := atomic.LoadInt64(&e.b.srv.Info.Inflight); n != 0 {
+		t.Fatalf("server inflight count %d after the PUBACK, want 0", n)
 	}
 
 	go func() {
