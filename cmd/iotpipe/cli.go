@@ -200,7 +200,7 @@ func runDevices(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		if err != nil {
 			return err
 		}
-		return cmdf.run(ctx, cl, id, output, stdout)
+		return cmdf.run(ctx, cl, id, cfgf.data, cfgf.dataSet, cfgf.dataFile, output, stdout)
 	case "block", "unblock":
 		id, err := needID()
 		if err != nil {

@@ -11,27 +11,27 @@ import (
 	"github.com/iotpipe/iotpipe/api"
 )
 
-// commandFlags are the flags of `iotpipe devices command ID`.
+// commandFlags are the flags of `iotpipe devices command ID`. The payload
+// comes from --data/--data-file, which `devices config` defines and both
+// verbs share (one flag set serves every devices verb).
 type commandFlags struct {
-	data, dataFile, subfolder string
-	dataSet                   bool
+	subfolder string
 }
 
 func (c *commandFlags) add(fs *flag.FlagSet) {
-	fs.Func("data", "command: the command payload as text", func(v string) error { c.data, c.dataSet = v, true; return nil })
-	fs.StringVar(&c.dataFile, "data-file", "", "command: file holding the command payload (sent as is, binary allowed)")
 	fs.StringVar(&c.subfolder, "subfolder", "", "command: subfolder; the device gets it on /devices/ID/commands/<subfolder>")
 }
 
-// run sends a command to a connected device: `devices command ID`.
-func (c *commandFlags) run(ctx context.Context, cl *api.Client, id string, output string, stdout io.Writer) error {
-	if c.dataSet == (c.dataFile != "") {
+// run sends a command to a connected device: `devices command ID`; data is
+// the --data value if dataSet, dataFile the --data-file path.
+func (c *commandFlags) run(ctx context.Context, cl *api.Client, id, data string, dataSet bool, dataFile, output string, stdout io.Writer) error {
+	if dataSet == (dataFile != "") {
 		return errors.New("devices command: give exactly one of --data and --data-file")
 	}
-	payload := []byte(c.data)
-	if c.dataFile != "" {
+	payload := []byte(data)
+	if dataFile != "" {
 		var err error
-		if payload, err = os.ReadFile(c.dataFile); err != nil {
+		if payload, err = os.ReadFile(dataFile); err != nil {
 			return fmt.Errorf("devices command: %w", err)
 		}
 	}

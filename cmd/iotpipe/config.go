@@ -18,8 +18,8 @@ type configFlags struct {
 }
 
 func (c *configFlags) add(fs *flag.FlagSet) {
-	fs.Func("data", "config: set the device's config to this string", func(v string) error { c.data, c.dataSet = v, true; return nil })
-	fs.StringVar(&c.dataFile, "data-file", "", "config: set the device's config to this file's bytes")
+	fs.Func("data", "config: set the device's config to this string; command: the command payload", func(v string) error { c.data, c.dataSet = v, true; return nil })
+	fs.StringVar(&c.dataFile, "data-file", "", "config: set the device's config to this file's bytes; command: send this file's bytes")
 	fs.Int64Var(&c.versionToUpdate, "version-to-update", 0, "config: write only if the latest version is this one (0: unconditionally)")
 }
 
