@@ -23,6 +23,13 @@ const adminTok = "test-admin-token-0123456789"
 // (chDB), as iotpipe run does.
 func newServer(t *testing.T) (*Server, *storage.Store, string) {
 	t.Helper()
+	return newServerWith(t, nil)
+}
+
+// newServerWith is newServer with edit applied to the API's Config; the
+// base URL is https:// when edit sets TLS.
+func newServerWith(t *testing.T, edit func(*Config)) (*Server, *storage.Store, string) {
+	t.Helper()
 	if os.Getenv("CHDB_LIB_PATH") == "" {
 		if os.Getenv("IOTPIPE_REQUIRE_ALL") == "1" {
 			t.Fatal("CHDB_LIB_PATH is not set (run scripts/chdb.sh)")
@@ -38,8 +45,12 @@ func newServer(t *testing.T) (*Server, *storage.Store, string) {
 	}
 	go reg.Run(ctx)
 	st := sharedStore(t)
-	srv, err := New(Config{Addr: "127.0.0.1:0", Registry: reg, Store: st, AdminToken: adminTok,
-		WindowSizes: []time.Duration{10 * time.Second, time.Minute}, Ready: reg.WaitReady, Logger: testLogger()})
+	cfg := Config{Addr: "127.0.0.1:0", Registry: reg, Store: st, AdminToken: adminTok,
+		WindowSizes: []time.Duration{10 * time.Second, time.Minute}, Ready: reg.WaitReady, Logger: testLogger()}
+	if edit != nil {
+		edit(&cfg)
+	}
+	srv, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -51,7 +62,11 @@ func newServer(t *testing.T) (*Server, *storage.Store, string) {
 			t.Errorf("Run: %v", err)
 		}
 	})
-	return srv, st, "http://" + srv.Addr()
+	scheme := "http://"
+	if cfg.TLS != nil {
+		scheme = "https://"
+	}
+	return srv, st, scheme + srv.Addr()
 }
 
 var store *storage.Store

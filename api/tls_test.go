@@ -11,47 +11,17 @@ import (
 	"testing"
 	"time"
 
-	"github.com/rs/zerolog"
-	"github.com/twmb/franz-go/pkg/kgo"
-
 	"github.com/iotpipe/iotpipe/internal/testcert"
-	"github.com/iotpipe/iotpipe/internal/testkafka"
-	"github.com/iotpipe/iotpipe/registry"
 )
 
 // newTLSServer is newServer serving HTTPS with a certificate of ca.
 func newTLSServer(t *testing.T, ca *testcert.Cert) string {
 	t.Helper()
-	if os.Getenv("CHDB_LIB_PATH") == "" {
-		if os.Getenv("IOTPIPE_REQUIRE_ALL") == "1" {
-			t.Fatal("CHDB_LIB_PATH is not set (run scripts/chdb.sh)")
-		}
-		t.Skip("SKIP: API tests need the embedded ClickHouse engine: export CHDB_LIB_PATH=$(scripts/chdb.sh)")
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	seeds := testkafka.Seeds(t)
-	reg, err := registry.New(registry.Config{Kafka: []kgo.Opt{kgo.SeedBrokers(seeds...)}, Topic: testkafka.Prefix(t) + "registry", Logger: zerolog.Nop()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go reg.Run(ctx)
 	server := testcert.Issue(t, ca, testcert.Options{CommonName: "api", Server: true})
-	srv, err := New(Config{Addr: "127.0.0.1:0", Registry: reg, Store: sharedStore(t), AdminToken: adminTok,
-		WindowSizes: []time.Duration{10 * time.Second}, Ready: reg.WaitReady, Logger: zerolog.Nop(),
-		TLS: &tls.Config{Certificates: []tls.Certificate{server.TLS()}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- srv.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
+	_, _, base := newServerWith(t, func(c *Config) {
+		c.TLS = &tls.Config{Certificates: []tls.Certificate{server.TLS()}}
 	})
-	return "https://" + srv.Addr()
+	return base
 }
 
 // The API over HTTPS with api.Client trusting a private CA: pinning a
