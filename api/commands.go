@@ -117,7 +117,7 @@ func (s *Server) sendCommand(w http.ResponseWriter, r *http.Request) {
 func (s *Server) commandError(w http.ResponseWriter, id string, err error) {
 	switch {
 	case errors.Is(err, downlink.ErrNotConnected):
-		writeError(w, http.StatusConflict, "device_not_connected", "device "+id+" is not connected: "+err.Error())
+		writeError(w, http.StatusConflict, "device_not_connected", "device "+id+" has no MQTT session on any iotpipe instance")
 	case errors.Is(err, downlink.ErrNotSubscribed):
 		writeError(w, http.StatusConflict, "device_not_subscribed", err.Error())
 	case errors.Is(err, downlink.ErrRejected):
