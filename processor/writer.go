@@ -207,24 +207,15 @@ func (w *writer) waitQueue(ctx context.Context, n int) error {
 	}
 }
 
-// write stores b (retrying with backoff until it succeeds or ctx ends),
-// waits for its dead letters and commits its checkpoints.
+// write stores b's windows, then its readings (each retried with backoff
+// until it succeeds or ctx ends), waits for its dead letters and commits its
+// checkpoints. Windows go first and alone: they are what dashboards wait
+// for, and they are visible once their insert returns, whatever the
+// (larger) readings insert after them takes. Freshness is measured there.
 func (p *Processor) write(ctx context.Context, b *batch) error {
-	if len(b.windows)+len(b.readings) > 0 {
-		for attempt := 0; ; attempt++ {
-			start := time.Now()
-			err := p.cfg.Sink.WriteBatch(ctx, b.windows, b.readings)
-			p.m.writeLatency.Observe(time.Since(start).Seconds())
-			if err == nil {
-				break
-			}
-			p.m.writeErrors.Inc()
-			p.log.Warn().Err(err).Int("attempt", attempt+1).Int("windows", len(b.windows)).Int("readings", len(b.readings)).Msg("storage write failed, retrying")
-			select {
-			case <-ctx.Done():
-				return fmt.Errorf("processor: store batch: %w (last error: %w)", ctx.Err(), err)
-			case <-time.After(p.backoff(attempt)):
-			}
+	if len(b.windows) > 0 {
+		if err := p.store(ctx, b.windows, nil); err != nil {
+			return err
 		}
 		p.m.windowsWritten.Add(float64(len(b.windows)))
 		stored := time.Now()
@@ -235,10 +226,35 @@ func (p *Processor) write(ctx context.Context, b *batch) error {
 			}
 		}
 	}
+	if len(b.readings) > 0 {
+		if err := p.store(ctx, nil, b.readings); err != nil {
+			return err
+		}
+	}
 	if err := b.dl.wait(ctx); err != nil {
 		return err
 	}
 	return p.commit(ctx, b.cps)
+}
+
+// store writes rows with Sink.WriteBatch, retrying with backoff until it
+// succeeds or ctx ends.
+func (p *Processor) store(ctx context.Context, windows []storage.Window, readings []storage.Reading) error {
+	for attempt := 0; ; attempt++ {
+		start := time.Now()
+		err := p.cfg.Sink.WriteBatch(ctx, windows, readings)
+		p.m.writeLatency.Observe(time.Since(start).Seconds())
+		if err == nil {
+			return nil
+		}
+		p.m.writeErrors.Inc()
+		p.log.Warn().Err(err).Int("attempt", attempt+1).Int("windows", len(windows)).Int("readings", len(readings)).Msg("storage write failed, retrying")
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("processor: store batch: %w (last error: %w)", ctx.Err(), err)
+		case <-time.After(p.backoff(attempt)):
+		}
+	}
 }
 
 // commit commits the checkpoints of a stored batch with the watermark in the
