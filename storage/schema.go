@@ -86,6 +86,13 @@ CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.device_metrics_mv TO {db}.device_met
 AS SELECT DISTINCT device, metric FROM {db}.window_aggregates`, `
 INSERT INTO {db}.device_metrics (device, metric)
 SELECT DISTINCT device, metric FROM {db}.window_aggregates`}},
+	// The view ran on every windows insert and wrote a second part each
+	// time: on chDB ~40% of a windows insert. WriteBatch now inserts only
+	// the (device, metric) pairs this process has not written yet. Stop
+	// processors of older versions first: with the view gone they would
+	// add no new pairs.
+	{5, "device_metrics_by_writer", []string{`
+DROP TABLE IF EXISTS {db}.device_metrics_mv`}},
 }
 
 // windowColumnList is every column of the windows table, for the copy.

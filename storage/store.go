@@ -46,7 +46,17 @@ type Store struct {
 	log       zerolog.Logger
 	closeOnce sync.Once
 	closeErr  error
+
+	pairsMu sync.Mutex
+	pairs   map[devMetric]struct{} // in device_metrics, as far as this Store wrote them
 }
+
+// devMetric is one row of device_metrics.
+type devMetric struct{ device, metric string }
+
+// maxPairs bounds the pairs a Store remembers; past it, it forgets them all
+// and writes each again once (ReplacingMergeTree keeps one row).
+const maxPairs = 1 << 20
 
 var (
 	// ErrBadStep: Series' Step (or WindowSize) does not fit the stored
@@ -162,6 +172,9 @@ func (s *Store) WriteBatch(ctx context.Context, windows []Window, readings []Rea
 			return fmt.Errorf("storage: insert %d windows: %w", len(windows), err)
 		}
 	}
+	if err := s.notePairs(ctx, windows); err != nil {
+		return err
+	}
 	if len(readings) > 0 {
 		err := s.insertRows(ctx, "{db}.readings", readingCols, len(readings), readingRB,
 			func(i int) []any { return readingRow(&readings[i]) },
@@ -170,6 +183,47 @@ func (s *Store) WriteBatch(ctx context.Context, windows []Window, readings []Rea
 			return fmt.Errorf("storage: insert %d readings: %w", len(readings), err)
 		}
 	}
+	return nil
+}
+
+// notePairs inserts into device_metrics the (device, metric) pairs of
+// windows this Store has not written before (the dashboards' pickers read
+// that table instead of scanning windows). After the first batches of a
+// fleet there are none, so no insert: an insert is a new part, a fixed cost.
+func (s *Store) notePairs(ctx context.Context, windows []Window) error {
+	var fresh []devMetric
+	var inBatch map[devMetric]struct{} // dedupes fresh, made when needed
+	s.pairsMu.Lock()
+	if s.pairs == nil || len(s.pairs) >= maxPairs {
+		s.pairs = make(map[devMetric]struct{})
+	}
+	for i := range windows {
+		k := devMetric{windows[i].Device, windows[i].Metric}
+		if _, ok := s.pairs[k]; ok {
+			continue
+		}
+		if inBatch == nil {
+			inBatch = make(map[devMetric]struct{})
+		}
+		if _, ok := inBatch[k]; !ok {
+			inBatch[k] = struct{}{}
+			fresh = append(fresh, k)
+		}
+	}
+	s.pairsMu.Unlock()
+	if len(fresh) == 0 {
+		return nil
+	}
+	err := s.eng.insert(ctx, s.sql("{db}.device_metrics"), []string{"device", "metric"}, len(fresh),
+		func(i int) []any { return []any{fresh[i].device, fresh[i].metric} })
+	if err != nil {
+		return fmt.Errorf("storage: insert %d device metrics: %w", len(fresh), err)
+	}
+	s.pairsMu.Lock()
+	for _, k := range fresh {
+		s.pairs[k] = struct{}{}
+	}
+	s.pairsMu.Unlock()
 	return nil
 }
 

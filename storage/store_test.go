@@ -84,7 +84,7 @@ func TestMigrationsIdempotent(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if fmt.Sprint(tables) != "[device_metrics device_metrics_mv readings schema_migrations window_aggregates]" {
+		if fmt.Sprint(tables) != "[device_metrics readings schema_migrations window_aggregates]" {
 			t.Fatalf("tables %v", tables)
 		}
 	})
@@ -429,4 +429,44 @@ func TestChdbOnePathPerProcess(t *testing.T) {
 	if _, err := Open(ctxT(t), c); err == nil || !strings.Contains(err.Error(), "one data path per process") {
 		t.Fatalf("want one-path error, got %v", err)
 	}
+}
+
+// device_metrics gets a (device, metric) pair once per Store, not once per
+// windows insert (each insert is a part: a fixed cost); a new pair later is
+// added.
+func TestDeviceMetricsWrittenOnce(t *testing.T) {
+	forEngines(t, func(t *testing.T, cfg func(testing.TB) Config) {
+		ctx := ctxT(t)
+		s := openT(t, cfg(t))
+		rows := func() string {
+			t.Helper()
+			got, err := s.strings(ctx, "SELECT toString(count()) FROM {db}.device_metrics")
+			if err != nil {
+				t.Fatal(err)
+			}
+			return fmt.Sprint(got)
+		}
+		batch := []Window{win("a", "temp", 10*time.Second, t0, 1), win("a", "hum", 10*time.Second, t0, 2),
+			win("b", "temp", 10*time.Second, t0, 3), win("a", "temp", time.Minute, t0, 1)}
+		for i := range 3 {
+			for j := range batch {
+				batch[j].Start = t0.Add(time.Duration(i) * time.Minute)
+			}
+			if err := s.WriteBatch(ctx, batch, nil); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if got := rows(); got != "[3]" {
+			t.Fatalf("device_metrics rows after 3 batches of 3 pairs: %s, want [3]", got)
+		}
+		if err := s.WriteBatch(ctx, []Window{win("c", "co2", 10*time.Second, t0, 4), win("a", "hum", 10*time.Second, t0, 5)}, nil); err != nil {
+			t.Fatal(err)
+		}
+		if got := rows(); got != "[4]" {
+			t.Fatalf("device_metrics rows after a new pair: %s, want [4]", got)
+		}
+		if ms, err := s.AllMetrics(ctx); err != nil || fmt.Sprint(ms) != "[co2 hum temp]" {
+			t.Errorf("AllMetrics: %v %v", ms, err)
+		}
+	})
 }
