@@ -12,6 +12,7 @@ import (
 	"github.com/eclipse/paho.golang/paho"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
+	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/iotpipe/iotpipe/broker"
@@ -355,5 +356,79 @@ func TestActivityThrottled(t *testing.T) {
 				t.Fatalf("after 3 s of publishes and pings: last event %v, last heartbeat %v; want written=%v", p.LastEvent, p.LastHeartbeat, tc.written)
 			}
 		})
+	}
+}
+
+// A device that moved from instance A to B, where A's "disconnected" record
+// lands after B's "connected" one (A noticed the old connection end late):
+// every instance keeps the device connected on B, and B writes its record
+// again so the topic's last record for the device (what compaction keeps)
+// says so too.
+func TestDeviceMovedDisconnectLandsLate(t *testing.T) {
+	c := newCluster(t)
+	a := c.hub(t, func(cfg *downlink.Config) { cfg.Instance = "inst-a" })
+	run(t, a)
+	b := c.hub(t, func(cfg *downlink.Config) { cfg.Instance = "inst-b" })
+	run(t, b)
+	a.DeviceConnected("dev-m")
+	testkafka.Eventually(t, 5*time.Second, "B sees dev-m on A", func() bool { return b.Presence("dev-m").Instance == "inst-a" })
+	b.DeviceConnected("dev-m")
+	testkafka.Eventually(t, 5*time.Second, "A sees dev-m on B", func() bool { return a.Presence("dev-m").Instance == "inst-b" })
+
+	// The connection on A ends; A has applied B's record, so it writes
+	// nothing. Then A's record as A writes it when it has not yet applied
+	// B's: the race this is about.
+	a.DeviceDisconnected("dev-m")
+	cl := testkafka.Client(t, c.seeds)
+	late, _ := json.Marshal(map[string]any{"instance": "inst-a", "connected": false,
+		"last_connected": time.Now().Add(-time.Minute), "last_disconnected": time.Now()})
+	lateRec, err := cl.ProduceSync(context.Background(), &kgo.Record{Topic: c.presence, Key: []byte("dev-m"), Value: late}).First()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// last reads the topic to its end and returns dev-m's last record.
+	last := func() (rec map[string]any, offset int64) {
+		rd := testkafka.Client(t, c.seeds, kgo.ConsumeTopics(c.presence), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+		defer rd.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		ends, err := kadm.NewClient(cl).ListEndOffsets(ctx, c.presence)
+		if err != nil {
+			t.Fatal(err)
+		}
+		offset = -1
+		seen := map[int32]int64{}
+		reached := func() bool {
+			done := true
+			ends.Each(func(o kadm.ListedOffset) { done = done && seen[o.Partition] >= o.Offset })
+			return done
+		}
+		for !reached() {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			fs := rd.PollFetches(ctx)
+			cancel()
+			if err := fs.Err0(); err != nil {
+				t.Fatal(err)
+			}
+			fs.EachRecord(func(r *kgo.Record) {
+				seen[r.Partition] = r.Offset + 1
+				if string(r.Key) == "dev-m" {
+					rec, offset = nil, r.Offset
+					if err := json.Unmarshal(r.Value, &rec); err != nil {
+						t.Fatal(err)
+					}
+				}
+			})
+		}
+		return rec, offset
+	}
+	testkafka.Eventually(t, 5*time.Second, "B to write dev-m's record again after A's late one", func() bool {
+		rec, off := last()
+		return off > lateRec.Offset && rec["connected"] == true && rec["instance"] == "inst-b"
+	})
+	for name, h := range map[string]*downlink.Hub{"A": a, "B": b} {
+		if p := h.Presence("dev-m"); !p.Connected || p.Instance != "inst-b" {
+			t.Errorf("%s: dev-m presence %+v, want connected on inst-b", name, p)
+		}
 	}
 }

@@ -60,6 +60,14 @@ func (h *Hub) aliveLocked(rec record) bool {
 }
 
 func (h *Hub) applyPresence(r *kgo.Record) {
+	if rec, ok := h.applyPresenceLocked(r); ok {
+		h.writeDevice(string(r.Key), rec, h.now())
+	}
+}
+
+// applyPresenceLocked applies r; it returns this instance's record of the
+// device to write again (ok) when r wrongly said the device left.
+func (h *Hub) applyPresenceLocked(r *kgo.Record) (reassert record, ok bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.applied[r.Partition] = r.Offset + 1
@@ -67,24 +75,36 @@ func (h *Hub) applyPresence(r *kgo.Record) {
 	if inst, ok := strings.CutPrefix(key, instanceKeyPrefix); ok {
 		if r.Value == nil {
 			delete(h.instances, inst)
-			return
+			return record{}, false
 		}
 		if ms, err := strconv.ParseInt(string(r.Value), 10, 64); err == nil {
 			h.instances[inst] = time.UnixMilli(ms)
 		}
-		return
+		return record{}, false
 	}
 	if r.Value == nil {
 		delete(h.presence, key)
-		return
+		return record{}, false
 	}
 	var rec record
 	if err := json.Unmarshal(r.Value, &rec); err != nil {
 		h.log.Warn().Err(err).Str("device", key).Msg("bad presence record; ignored")
-		return
+		return record{}, false
 	}
 	rec.written = r.Timestamp
+	if cur, ok := h.presence[key]; ok && !rec.Connected && cur.Connected && cur.Instance != rec.Instance && h.aliveLocked(cur) {
+		// The device moved: it connected to cur.Instance, and its old
+		// instance noticed the old connection end only after that record.
+		// Every instance applies the same order, so all keep cur. The one
+		// holding the device writes its record again, so that the topic's
+		// last record for the device (all compaction keeps) is true too.
+		if l := h.local[key]; l != nil && cur.Instance == h.cfg.Instance {
+			return l.rec, true
+		}
+		return record{}, false
+	}
 	h.presence[key] = rec
+	return record{}, false
 }
 
 // DeviceConnected records that a client of device connected here. It never
