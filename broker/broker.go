@@ -94,7 +94,7 @@ type Config struct {
 // Broker is the device-facing MQTT server.
 type Broker struct {
 	srv     *mqtt.Server
-	ln      *listeners.TCP // nil when TCPAddr is Off
+	ln      *listeners.Net // nil when TCPAddr is Off
 	tlsLn   *listeners.Net // nil without TLS
 	ws      *wsListener    // nil without WSAddr
 	lns     []listeners.Listener

@@ -36,9 +36,10 @@ type CertAuthenticator interface {
 	AuthenticateCertificate(deviceID string, chain []*x509.Certificate) (registry.Session, error)
 }
 
-// defaultConnectTimeout bounds the TLS handshake and the CONNECT of a TLS
-// or WebSocket connection, so a client that opens a socket and sends
-// nothing does not hold a goroutine and a descriptor forever. After the
+// defaultConnectTimeout bounds the CONNECT of every connection (and the TLS
+// handshake or WebSocket upgrade before it), so a client that opens a socket
+// and sends nothing does not hold a goroutine, a buffer and a descriptor
+// forever. After the
 // CONNECT mochi's keepalive deadline (1.5 × keepalive) takes over.
 const defaultConnectTimeout = 10 * time.Second
 
@@ -248,15 +249,20 @@ func (b *Broker) listen(cfg Config, tlsCfg *tls.Config) error {
 		b.lns = append(b.lns, l)
 		return nil
 	}
-	if cfg.TCPAddr != Off {
-		b.ln = listeners.NewTCP(listeners.Config{ID: "tcp", Address: cfg.TCPAddr})
-		if err := add(b.ln, "MQTT", cfg.TCPAddr); err != nil {
-			return err
-		}
-	}
 	timeout := cfg.connectTimeout
 	if timeout == 0 {
 		timeout = defaultConnectTimeout
+	}
+	if cfg.TCPAddr != Off {
+		ln, err := net.Listen("tcp", cfg.TCPAddr)
+		if err != nil {
+			return fmt.Errorf("broker: MQTT listen on %s: %w", cfg.TCPAddr, err)
+		}
+		b.ln = listeners.NewNet("tcp", deadlineListener{ln, timeout})
+		if err := add(b.ln, "MQTT", cfg.TCPAddr); err != nil {
+			ln.Close()
+			return err
+		}
 	}
 	if tlsCfg != nil {
 		ln, err := net.Listen("tcp", cfg.TLSAddr)

@@ -464,6 +464,9 @@ func TestConnectTimeout(t *testing.T) {
 	for _, withTLS := range []bool{true, false} {
 		e := newTLSEnv(t, withTLS, func(c *Config) { c.connectTimeout = timeout })
 		idle := []net.Conn{dialTCP(t, e.b.WSAddr())}
+		if e.b.Addr() != "" {
+			idle = append(idle, dialTCP(t, e.b.Addr())) // plain MQTT, silent
+		}
 		if withTLS {
 			idle = append(idle, dialTCP(t, e.b.TLSAddr()))
 		} else {
@@ -494,6 +497,12 @@ func TestConnectTimeout(t *testing.T) {
 			lc := connectV5On(t, conn, "keepalive", "keep-1", tok)
 			time.Sleep(3 * timeout) // past the connect deadline: a deadline, not synchronisation
 			expectAlive(t, lc, "/devices/keep-1/events")
+		} else {
+			// A plain connection that sent its CONNECT in time lives on.
+			tok := e.create(t, "keep-2")
+			lc := connectV5On(t, dialTCP(t, e.b.Addr()), "keepalive", "keep-2", tok)
+			time.Sleep(3 * timeout) // past the connect deadline: a deadline, not synchronisation
+			expectAlive(t, lc, "/devices/keep-2/events")
 		}
 	}
 }
