@@ -54,8 +54,8 @@ type configHook struct {
 	log         zerolog.Logger
 	acks        chan configAck
 
-	sent, acked prometheus.Counter
-	dropped     *prometheus.CounterVec
+	sent, acked, deferred prometheus.Counter
+	dropped               *prometheus.CounterVec
 
 	mu      sync.Mutex
 	subs    map[string][]*configSub       // device → its config subscriptions here
@@ -72,6 +72,9 @@ type configSub struct {
 
 	mu   sync.Mutex // serialises deliveries to this client, so versions go out in order
 	last int64      // version last written
+	// waiting: a newer version could not be sent because the device has as
+	// many unacknowledged messages as it allows; its next PUBACK sends it.
+	waiting atomic.Bool
 }
 
 type configAck struct {
@@ -87,8 +90,10 @@ func newConfigHook(srv *mqtt.Server, src ConfigSource, maxInflight int, reg prom
 			Help: "Config messages written to devices."}),
 		acked: f.NewCounter(prometheus.CounterOpts{Name: "iotpipe_mqtt_config_acked_total",
 			Help: "Config messages a device acknowledged (QoS 1 PUBACK)."}),
+		deferred: f.NewCounter(prometheus.CounterOpts{Name: "iotpipe_mqtt_config_deferred_total",
+			Help: "Config deliveries put off until the device acknowledges a message (its unacknowledged messages were at its Receive Maximum or the broker's limit)."}),
 		dropped: f.NewCounterVec(prometheus.CounterOpts{Name: "iotpipe_mqtt_config_dropped_total",
-			Help: "Config messages not sent (reason inflight_full) and acks not recorded (reason ack_queue_full, registry)."}, []string{"reason"}),
+			Help: "Config acks not recorded (reason ack_queue_full, registry)."}, []string{"reason"}),
 		subs: map[string][]*configSub{}, pending: map[*mqtt.Client][]*configSub{}, ids: map[string]map[uint16]int64{}}
 }
 
@@ -235,14 +240,23 @@ func (h *configHook) deliver(s *configSub) {
 	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: s.qos},
 		TopicName: s.topic, Payload: c.Data, Created: time.Now().Unix()}
 	if s.qos > 0 {
-		if cl.State.Inflight.Len() >= h.maxInflight {
-			h.dropped.WithLabelValues("inflight_full").Inc()
-			h.log.Warn().Str("client", cl.ID).Int64("version", c.Version).Msg("config not sent: too many unacknowledged messages")
+		// An MQTT 5 device may allow fewer unacknowledged messages (its
+		// Receive Maximum); sending more would be a protocol error. Wait
+		// for its next PUBACK instead (OnQosComplete): only the latest
+		// version is sent then.
+		limit := h.maxInflight
+		if rm := int(cl.Properties.Props.ReceiveMaximum); cl.Properties.ProtocolVersion == 5 && rm > 0 {
+			limit = min(limit, rm)
+		}
+		if cl.State.Inflight.Len() >= limit {
+			s.waiting.Store(true)
+			h.deferred.Inc()
 			return
 		}
 		id, err := cl.NextPacketID()
 		if err != nil {
-			h.dropped.WithLabelValues("inflight_full").Inc()
+			s.waiting.Store(true)
+			h.deferred.Inc()
 			return
 		}
 		pk.PacketID = uint16(id)
@@ -259,11 +273,32 @@ func (h *configHook) deliver(s *configSub) {
 			cl.State.Inflight.DecreaseSendQuota()
 		}
 	}
+	s.waiting.Store(false)
 	if err := cl.WritePacket(pk); err != nil {
 		return // connection gone; a resumed session gets it resent, a new one re-subscribes
 	}
 	s.last = c.Version
 	h.sent.Inc()
+}
+
+// sendWaiting delivers the configs that waited for cl to acknowledge
+// something (see deliver), off the client's read goroutine.
+func (h *configHook) sendWaiting(cl *mqtt.Client) {
+	dev, err := deviceFromClientID(cl.ID)
+	if err != nil {
+		return
+	}
+	h.mu.Lock()
+	var todo []*configSub
+	for _, s := range h.subs[dev] {
+		if s.cl == cl && s.waiting.Load() {
+			todo = append(todo, s)
+		}
+	}
+	h.mu.Unlock()
+	for _, s := range todo {
+		go h.deliver(s)
+	}
 }
 
 // OnQosPublish sees every other QoS 1 message mochi sends (commands, and
@@ -297,6 +332,7 @@ func (h *configHook) OnQosComplete(cl *mqtt.Client, pk packets.Packet) {
 	if pk.FixedHeader.Type != packets.Puback {
 		return
 	}
+	h.sendWaiting(cl) // a slot is free: any PUBACK, config or command
 	v, ok := h.forget(cl.ID, pk.PacketID)
 	if !ok {
 		return

@@ -3,6 +3,8 @@ package broker
 import (
 	"bytes"
 	"context"
+	"errors"
+	"net"
 	"fmt"
 	"testing"
 	"time"
@@ -282,4 +284,66 @@ func TestConfigDeliveryResumedSession(t *testing.T) {
 		t.Fatal(err)
 	}
 	next("while resumed")
+}
+
+// An MQTT 5 device that allows one unacknowledged message (Receive Maximum
+// 1) gets a newer config only after it acknowledged the one it holds: the
+// broker defers the delivery to the PUBACK instead of breaking the limit
+// (or dropping the version).
+func TestConfigWaitsForReceiveMaximum(t *testing.T) {
+	e := newJWTEnv(t, 0)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	_, tok, err := e.reg.Create(ctx, registry.Spec{ID: "cfg-rm"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.reg.SetConfig(ctx, "cfg-rm", []byte("v2"), 0); err != nil {
+		t.Fatal(err)
+	}
+	c, ack := dialRaw(t, e.b.Addr(), 5, "cfg-rm", tok, &packets.Properties{ReceiveMaximum: 1})
+	if ack.ReasonCode != 0 {
+		t.Fatalf("CONNACK %#x", ack.ReasonCode)
+	}
+	c.write(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, PacketID: 1,
+		Filters: packets.Subscriptions{{Filter: "/devices/cfg-rm/config", Qos: 1}}})
+	next := func(want byte) packets.Packet {
+		t.Helper()
+		pk, err := c.read()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if pk.FixedHeader.Type != want {
+			t.Fatalf("got packet type %d, want %d", pk.FixedHeader.Type, want)
+		}
+		return pk
+	}
+	next(packets.Suback)
+	first := next(packets.Publish)
+	if string(first.Payload) != "v2" {
+		t.Fatalf("config on subscribe %q", first.Payload)
+	}
+	// Two newer versions while v2 is unacknowledged: nothing may be sent.
+	for i, data := range []string{"v3", "v4"} {
+		if _, err := e.reg.SetConfig(ctx, "cfg-rm", []byte(data), int64(i+2)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Absence cannot be polled: a bounded read that must time out.
+	_ = c.conn.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+	if n, err := c.conn.Read(make([]byte, 1)); n > 0 || !isReadTimeout(err) {
+		t.Fatalf("read %d bytes (%v) while the device's one unacknowledged message is outstanding", n, err)
+	}
+	writePuback(t, c, first.PacketID)
+	latest := next(packets.Publish)
+	if string(latest.Payload) != "v4" {
+		t.Fatalf("after the PUBACK: config %q, want the latest, v4", latest.Payload)
+	}
+	writePuback(t, c, latest.PacketID)
+	eventually(t, "ack of version 4", func() bool { return cfgOf(t, e.reg, "cfg-rm").Version == 4 && !cfgOf(t, e.reg, "cfg-rm").DeviceAckTime.IsZero() })
+}
+
+func isReadTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }
