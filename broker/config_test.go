@@ -4,8 +4,8 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"net"
 	"fmt"
+	"net"
 	"testing"
 	"time"
 
@@ -340,7 +340,9 @@ func TestConfigWaitsForReceiveMaximum(t *testing.T) {
 		t.Fatalf("after the PUBACK: config %q, want the latest, v4", latest.Payload)
 	}
 	writePuback(t, c, latest.PacketID)
-	eventually(t, "ack of version 4", func() bool { return cfgOf(t, e.reg, "cfg-rm").Version == 4 && !cfgOf(t, e.reg, "cfg-rm").DeviceAckTime.IsZero() })
+	eventually(t, "ack of version 4", func() bool {
+		return cfgOf(t, e.reg, "cfg-rm").Version == 4 && !cfgOf(t, e.reg, "cfg-rm").DeviceAckTime.IsZero()
+	})
 }
 
 func isReadTimeout(err error) bool {
