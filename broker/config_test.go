@@ -138,21 +138,8 @@ func TestConfigDeliveryV3Raw(t *testing.T) {
 	if ack.ReasonCode != 0 {
 		t.Fatalf("CONNACK %d", ack.ReasonCode)
 	}
-	sub := func(id uint16, topic string, qos byte) {
-		c.write(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, PacketID: id,
-			Filters: packets.Subscriptions{{Filter: topic, Qos: qos}}})
-	}
-	read := func(want byte) packets.Packet {
-		t.Helper()
-		pk, err := c.read()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if pk.FixedHeader.Type != want {
-			t.Fatalf("got packet type %d, want %d", pk.FixedHeader.Type, want)
-		}
-		return pk
-	}
+	sub := func(id uint16, topic string, qos byte) { subscribeRaw(c, id, topic, qos) }
+	read := func(want byte) packets.Packet { t.Helper(); return expectPacket(t, c, want) }
 	sub(1, "/devices/dev-1/config", 1)
 	if sa := read(packets.Suback); len(sa.ReasonCodes) != 1 || sa.ReasonCodes[0] != 0x80 {
 		t.Fatalf("SUBACK for another device's config: %v, want 0x80", sa.ReasonCodes)
@@ -305,19 +292,8 @@ func TestConfigWaitsForReceiveMaximum(t *testing.T) {
 	if ack.ReasonCode != 0 {
 		t.Fatalf("CONNACK %#x", ack.ReasonCode)
 	}
-	c.write(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, PacketID: 1,
-		Filters: packets.Subscriptions{{Filter: "/devices/cfg-rm/config", Qos: 1}}})
-	next := func(want byte) packets.Packet {
-		t.Helper()
-		pk, err := c.read()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if pk.FixedHeader.Type != want {
-			t.Fatalf("got packet type %d, want %d", pk.FixedHeader.Type, want)
-		}
-		return pk
-	}
+	subscribeRaw(c, 1, "/devices/cfg-rm/config", 1)
+	next := func(want byte) packets.Packet { t.Helper(); return expectPacket(t, c, want) }
 	next(packets.Suback)
 	first := next(packets.Publish)
 	if string(first.Payload) != "v2" {
@@ -348,4 +324,23 @@ func TestConfigWaitsForReceiveMaximum(t *testing.T) {
 func isReadTimeout(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// subscribeRaw sends c a SUBSCRIBE of one filter.
+func subscribeRaw(c *raw, id uint16, filter string, qos byte) {
+	c.write(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, PacketID: id,
+		Filters: packets.Subscriptions{{Filter: filter, Qos: qos}}})
+}
+
+// expectPacket reads c's next packet and requires its type.
+func expectPacket(t *testing.T, c *raw, want byte) packets.Packet {
+	t.Helper()
+	pk, err := c.read()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pk.FixedHeader.Type != want {
+		t.Fatalf("got packet type %d, want %d", pk.FixedHeader.Type, want)
+	}
+	return pk
 }
