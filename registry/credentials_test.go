@@ -59,6 +59,8 @@ func TestCredentialsAddRemovePropagate(t *testing.T) {
 	now := time.Now()
 	ecJWT := registry.SignJWT(t, "ES256", ec, registry.JWTClaims(aud, now, now.Add(time.Hour)))
 	rsaJWT := registry.SignJWT(t, "RS256", rk, registry.JWTClaims(aud, now, now.Add(time.Hour)))
+	// b follows a's writes; on a real cluster that takes a moment.
+	testkafka.Eventually(t, waitFor, "b sees the device", func() bool { _, err := b.Get("jwt-dev"); return err == nil })
 	if err := b.Authenticate("jwt-dev", []byte(ecJWT)); !errors.Is(err, registry.ErrBadCredentials) {
 		t.Fatalf("JWT before its key was added: %v", err)
 	}

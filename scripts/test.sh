@@ -62,7 +62,7 @@ log "go test (embedded Kafka: kfake; storage: chDB; adapter: clickhouse-server a
 go test -count=1 -timeout 20m ./...
 
 log "go test against Apache Kafka at $kafka_addr"
-IOTPIPE_KAFKA_BROKERS=$kafka_addr go test -count=1 -timeout 20m $(go list ./... | grep -E '/(registry|ingest|broker|processor|api|cmd/iotpipe)$')
+IOTPIPE_KAFKA_BROKERS=$kafka_addr go test -count=1 -timeout 20m $(go list ./... | grep -E '/(registry|devicestate|downlink|ingest|broker|processor|api|cmd/iotpipe)$')
 
 log "Grafana plugin: build (npm ci from cache, webpack, backend executables)"
 scripts/build-plugin.sh
