@@ -156,15 +156,22 @@ func tail(s string, n int) string {
 
 // start launches `iotpipe run` and waits until /readyz answers 200.
 func (p *pipeline) start(extra ...string) {
+	p.t.Helper()
+	args := append(append([]string{"--idle-timeout", "3s", "--allowed-lateness", "2s"}, p.kafkaArg...), extra...)
+	p.launch(http.DefaultClient, "http", args)
+}
+
+// launch runs `iotpipe run` on the pipeline's data directory and fresh MQTT
+// and HTTP ports with args after those, and waits until /readyz, asked over
+// scheme with hc, answers 200.
+func (p *pipeline) launch(hc *http.Client, scheme string, args []string) {
 	t := p.t
 	t.Helper()
 	p.mqttPort = freePort(t)
 	httpPort := freePort(t)
-	p.apiURL = fmt.Sprintf("http://127.0.0.1:%d", httpPort)
-	args := append([]string{"run", "--data-dir", p.dataDir, "--log-format", "json", "--log-level", "debug",
-		"--mqtt-addr", fmt.Sprintf("127.0.0.1:%d", p.mqttPort), "--http-addr", fmt.Sprintf("127.0.0.1:%d", httpPort),
-		"--idle-timeout", "3s", "--allowed-lateness", "2s"}, p.kafkaArg...)
-	args = append(args, extra...)
+	p.apiURL = fmt.Sprintf("%s://127.0.0.1:%d", scheme, httpPort)
+	args = append([]string{"run", "--data-dir", p.dataDir, "--log-format", "json", "--log-level", "debug",
+		"--mqtt-addr", fmt.Sprintf("127.0.0.1:%d", p.mqttPort), "--http-addr", fmt.Sprintf("127.0.0.1:%d", httpPort)}, args...)
 	p.logs = &syncBuffer{}
 	p.cmd = exec.Command(binary, args...)
 	p.cmd.Stdout, p.cmd.Stderr = p.logs, p.logs
@@ -181,7 +188,7 @@ func (p *pipeline) start(extra ...string) {
 			t.Fatalf("iotpipe run exited before ready: %v\n%s", err, tail(p.logs.String(), 40))
 		default:
 		}
-		resp, err := http.Get(p.apiURL + "/readyz")
+		resp, err := hc.Get(p.apiURL + "/readyz")
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {

@@ -42,45 +42,15 @@ func newTLSFiles(t *testing.T) *tlsFiles {
 // startTLS is pipeline.start with every TLS option: MQTT over TLS with the
 // device CA, wss, and the API over HTTPS. It returns the TLS and wss ports.
 func (p *pipeline) startTLS(f *tlsFiles) (tlsPort, wsPort int) {
-	t := p.t
-	t.Helper()
-	p.mqttPort, tlsPort, wsPort = freePort(t), freePort(t), freePort(t)
-	httpPort := freePort(t)
-	p.apiURL = fmt.Sprintf("https://127.0.0.1:%d", httpPort)
-	args := append([]string{"run", "--data-dir", p.dataDir, "--log-format", "json", "--log-level", "debug",
-		"--mqtt-addr", fmt.Sprintf("127.0.0.1:%d", p.mqttPort), "--http-addr", fmt.Sprintf("127.0.0.1:%d", httpPort),
+	p.t.Helper()
+	tlsPort, wsPort = freePort(p.t), freePort(p.t)
+	args := append([]string{
 		"--mqtt-tls-addr", fmt.Sprintf("127.0.0.1:%d", tlsPort), "--mqtt-ws-addr", fmt.Sprintf("127.0.0.1:%d", wsPort),
 		"--mqtt-tls-cert", f.serverCertFile, "--mqtt-tls-key", f.serverKeyFile, "--mqtt-client-ca", f.deviceCAFile,
 		"--api-tls-cert", f.serverCertFile, "--api-tls-key", f.serverKeyFile}, p.kafkaArg...)
-	p.logs = &syncBuffer{}
-	p.cmd = exec.Command(binary, args...)
-	p.cmd.Stdout, p.cmd.Stderr = p.logs, p.logs
-	if err := p.cmd.Start(); err != nil {
-		t.Fatalf("start iotpipe: %v", err)
-	}
-	p.exited = make(chan error, 1)
-	go func() { p.exited <- p.cmd.Wait() }()
 	hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: f.serverCA.Pool()}}}
-	deadline := time.Now().Add(90 * time.Second)
-	for {
-		select {
-		case err := <-p.exited:
-			p.exited <- err
-			t.Fatalf("iotpipe run exited before ready: %v\n%s", err, tail(p.logs.String(), 40))
-		default:
-		}
-		resp, err := hc.Get(p.apiURL + "/readyz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return tlsPort, wsPort
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("iotpipe run not ready after 90s (last: %v)\n%s", err, tail(p.logs.String(), 40))
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	p.launch(hc, "https", args)
+	return tlsPort, wsPort
 }
 
 // A TLS deployment end to end: the CLI talks to the HTTPS API with
