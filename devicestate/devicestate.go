@@ -135,21 +135,10 @@ func (s *Store) WaitReady(ctx context.Context) error {
 
 // Run follows the topic until ctx ends (then it returns nil). Close after.
 func (s *Store) Run(ctx context.Context) error {
-	for {
-		fs := s.cl.PollFetches(ctx)
-		if ctx.Err() != nil {
-			return nil
-		}
-		if fs.IsClientClosed() {
-			return errors.New("devicestate: kafka client closed")
-		}
-		fs.EachError(func(_ string, p int32, err error) {
-			if !errors.Is(err, context.Canceled) {
-				s.log.Warn().Err(err).Int32("partition", p).Msg("fetch failed; retrying")
-			}
-		})
-		fs.EachRecord(s.apply)
+	if err := bus.Follow(ctx, s.cl, s.log, s.apply, nil); err != nil {
+		return fmt.Errorf("devicestate: %w", err)
 	}
+	return nil
 }
 
 func (s *Store) apply(r *kgo.Record) {

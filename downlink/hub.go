@@ -296,22 +296,15 @@ func (h *Hub) Run(ctx context.Context) error {
 	} else {
 		close(beats)
 	}
-	for {
-		fs := h.cons.PollFetches(ctx)
-		if ctx.Err() != nil {
-			break
+	ferr := bus.Follow(ctx, h.cons, h.log, func(r *kgo.Record) {
+		if r.Topic == h.cfg.PresenceTopic {
+			h.applyPresence(r)
+		} else {
+			h.handleDownlink(r)
 		}
-		fs.EachError(func(t string, p int32, err error) {
-			h.log.Warn().Err(err).Str("topic", t).Int32("partition", p).Msg("fetch")
-		})
-		fs.EachRecord(func(r *kgo.Record) {
-			if r.Topic == h.cfg.PresenceTopic {
-				h.applyPresence(r)
-			} else {
-				h.handleDownlink(r)
-			}
-		})
-		h.checkReady()
+	}, h.checkReady)
+	if ferr != nil {
+		return fmt.Errorf("downlink: %w", ferr) // heartbeats end with ctx
 	}
 	<-beats // no heartbeat after the tombstone
 	fctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

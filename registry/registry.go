@@ -225,21 +225,10 @@ func (r *Registry) Run(ctx context.Context) error {
 	if !first {
 		return errors.New("registry: Run called twice")
 	}
-	for {
-		fs := r.cons.PollFetches(ctx)
-		if ctx.Err() != nil {
-			return nil
-		}
-		if fs.IsClientClosed() {
-			return errors.New("registry: kafka client closed")
-		}
-		fs.EachError(func(t string, p int32, err error) {
-			if !errors.Is(err, context.Canceled) {
-				r.log.Warn().Err(err).Int32("partition", p).Msg("fetch failed; retrying")
-			}
-		})
-		fs.EachRecord(r.apply)
+	if err := bus.Follow(ctx, r.cons, r.log, r.apply, nil); err != nil {
+		return fmt.Errorf("registry: %w", err)
 	}
+	return nil
 }
 
 // apply puts one record into memory. A record that does not decode is logged
