@@ -192,7 +192,8 @@ func (e *env) newProcessor(st *storage.Store) (*processor.Processor, error) {
 		Kafka:  append(slices.Clone(e.kafka), kgo.SessionTimeout(e.o.sessionTimeout)),
 		Topics: e.topics, Group: e.o.group, WindowSizes: e.o.windowSizes,
 		AllowedLateness: e.o.lateness, IdleTimeout: e.o.idleTimeout, Sink: st,
-		Logger: e.log, Metrics: e.metrics,
+		WindowsOnly: !e.o.rawReadings,
+		Logger:      e.log, Metrics: e.metrics,
 	})
 }
 
