@@ -96,13 +96,14 @@ type Processor struct {
 	// processed; stop polling ahead so it can run.
 	rebalanceWaiting atomic.Bool
 	stalled          atomic.Int64 // ns the poll loop waited for the writer (see clock)
+	open             atomic.Int64 // open windows at the last maybeFlush
+	roundEnd         atomic.Int64 // unix ns: when the processing round under way ends
 
 	mu        sync.Mutex // guards everything below; held by the poll loop and the rebalance callbacks
 	parts     map[int32]*partition
 	lastFlush time.Time
 	fatal     error
 	dl        *dlGroup // dead letters of the batch being built
-	open      int      // open windows at the last maybeFlush
 	work      []*fetched
 	cpBuf     []batchCheckpoint
 }
@@ -293,7 +294,7 @@ func (p *Processor) run(ctx context.Context) error {
 		if err := p.w.failed(); err != nil {
 			return err
 		}
-		if p.open >= p.cfg.MaxOpenWindows && next.NumRecords() == 0 {
+		if p.full() && next.NumRecords() == 0 {
 			// Full: fetch nothing until windows close (see MaxOpenWindows).
 			p.m.paused.Set(1)
 			select {
@@ -349,105 +350,141 @@ func (p *Processor) logFetchErrors(fs kgo.Fetches) {
 }
 
 // processPollingAhead processes fs and, meanwhile, polls the next records
-// (returned, to be processed next). The Kafka client fetches from a broker
-// only after the previous fetch was polled, so polling ahead is what keeps
-// fetching (and decoding the fetch) running in parallel with processing;
-// otherwise the two take turns and half the machine idles. It does not poll
-// ahead when a rebalance is waiting for us or the context is done. The poll
-// returns early, empty, when processing is finished first. Called with p.mu
-// held; rebalances are blocked because fs came from a poll.
+// and feeds them to the processing under way (see feed); a poll that
+// process can no longer take is returned, to be processed next. The Kafka
+// client fetches from a broker only after the previous fetch was polled, so
+// polling ahead is what keeps fetching (and decoding the fetch) running in
+// parallel with processing; otherwise the two take turns and half the
+// machine idles. It stops polling ahead when a rebalance is waiting for us,
+// the context is done, MaxOpenWindows is reached or maxHeld records wait.
+// Called with p.mu held; rebalances are blocked because fs came from a
+// poll, and stay blocked while we hold polled records.
 func (p *Processor) processPollingAhead(ctx context.Context, fs kgo.Fetches) (kgo.Fetches, error) {
-	if fs.NumRecords() == 0 || p.rebalanceWaiting.Load() || ctx.Err() != nil || p.open >= p.cfg.MaxOpenWindows {
-		return nil, p.process(ctx, fs)
+	if err := p.restoreUnknown(ctx, fs); err != nil {
+		return nil, err
 	}
-	pollCtx, cancel := context.WithTimeout(ctx, min(p.cfg.FlushInterval, p.cfg.IdleTimeout))
+	fd := newFeed()
+	fd.add(p, fs)
+	if p.rebalanceWaiting.Load() || ctx.Err() != nil || p.full() {
+		return nil, p.process(ctx, fd)
+	}
+	pollCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	done := make(chan error, 1)
 	go func() {
-		done <- p.process(ctx, fs)
-		cancel() // nothing fetched yet: stop waiting, the loop polls again
+		done <- p.process(ctx, fd)
+		cancel() // stop polling ahead: nothing is processing
 	}()
-	next := p.cl.PollFetches(pollCtx)
-	err := <-done
-	if next.IsClientClosed() {
-		return nil, errors.New("processor: kafka client closed")
+	var next kgo.Fetches
+	var err error
+	for pollCtx.Err() == nil && !p.rebalanceWaiting.Load() && !p.full() {
+		if fd.records() >= p.maxHeld() {
+			select {
+			case <-fd.room:
+			case <-pollCtx.Done():
+			}
+			continue
+		}
+		fs := p.cl.PollFetches(pollCtx)
+		if fs.IsClientClosed() {
+			err = errors.New("processor: kafka client closed")
+			break
+		}
+		p.logFetchErrors(fs)
+		if fs.NumRecords() > 0 && !fd.add(p, fs) {
+			next = fs
+			break
+		}
 	}
-	p.logFetchErrors(next)
+	if perr := <-done; perr != nil {
+		err = perr
+	}
 	return next, err
 }
 
-// process runs one poll's records through decoding and the partitions'
-// engines: each partition with records on its own goroutine, in offset
-// order within it. When the pending rows reach MaxBatchRows the workers
-// stop, the batch is sealed (waiting for the writer if it is behind) and
-// they go on. Called with p.mu held.
-func (p *Processor) process(ctx context.Context, fs kgo.Fetches) error {
-	work := p.work[:0]
-	var err error
+// maxHeld bounds the records polled ahead and not yet handled.
+func (p *Processor) maxHeld() int { return 4 * p.cfg.MaxBatchRows }
+
+// full reports whether MaxOpenWindows is reached (see run).
+func (p *Processor) full() bool { return p.open.Load() >= int64(p.cfg.MaxOpenWindows) }
+
+// restoreUnknown restores the partitions of fs that we do not know yet.
+// OnPartitionsAssigned runs before fetches start, so this is a bug;
+// restoring here keeps the exactly-once rule anyway. Called with p.mu held
+// and nothing processing.
+func (p *Processor) restoreUnknown(ctx context.Context, fs kgo.Fetches) error {
+	var ids []int32
 	fs.EachPartition(func(ft kgo.FetchTopicPartition) {
-		// A poll that ends by its deadline reports the context error
-		// as partition -1 of topic "": no partition to process.
-		if ft.Topic != p.cfg.Topics.Telemetry || ft.Partition < 0 || len(ft.Records) == 0 || err != nil {
-			return
+		if ft.Topic == p.cfg.Topics.Telemetry && ft.Partition >= 0 && len(ft.Records) > 0 && p.parts[ft.Partition] == nil {
+			ids = append(ids, ft.Partition)
 		}
-		part := p.parts[ft.Partition]
-		if part == nil {
-			// OnPartitionsAssigned runs before fetches start, so this is a
-			// bug; restoring here keeps the exactly-once rule anyway.
-			if err = p.restore(ctx, []int32{ft.Partition}); err != nil {
-				return
-			}
-			part = p.parts[ft.Partition]
-		}
-		work = append(work, &fetched{id: ft.Partition, part: part, recs: ft.Records, highWM: ft.HighWatermark})
 	})
-	defer func() {
-		clear(work)
-		p.work = work[:0]
-	}()
-	for err == nil && len(work) > 0 {
+	if len(ids) == 0 {
+		return nil
+	}
+	return p.restore(ctx, ids)
+}
+
+// process runs the feed's records through decoding and the partitions'
+// engines in rounds, until the feed is empty: in a round each partition
+// with records has its own goroutine, in offset order within it, taking
+// the partition's next records from the feed as it finishes some. A round
+// ends when the pending rows reach MaxBatchRows or after roundTime; then
+// maybeFlush seals a batch if one is due (waiting for the writer if it is
+// behind) and the next round starts. Called with p.mu held.
+func (p *Processor) process(ctx context.Context, fd *feed) error {
+	for {
+		work := fd.heads(p.work[:0])
+		if len(work) == 0 {
+			p.work = work
+			return nil
+		}
+		p.roundEnd.Store(time.Now().Add(p.cfg.FlushInterval / 8).UnixNano())
 		if len(work) == 1 {
-			p.handleAll(work[0])
+			p.handlePartition(fd, work[0])
 		} else {
 			var wg sync.WaitGroup
 			for _, f := range work[1:] {
-				wg.Go(func() { p.handleAll(f) })
+				wg.Go(func() { p.handlePartition(fd, f) })
 			}
-			p.handleAll(work[0])
+			p.handlePartition(fd, work[0])
 			wg.Wait()
 		}
-		rest := work[:0]
-		for _, f := range work {
-			if f.handled < len(f.recs) {
-				rest = append(rest, f)
-			} else if n := len(f.recs); n > 0 {
-				lag := max(f.highWM-f.recs[n-1].Offset-1, 0)
-				p.m.lag.WithLabelValues(strconv.Itoa(int(f.id))).Set(float64(lag))
-			}
-		}
-		work = rest
-		if len(work) > 0 {
-			err = p.seal(ctx, true)
+		clear(work)
+		p.work = work[:0]
+		if err := p.maybeFlush(ctx, false); err != nil {
+			return err
 		}
 	}
-	return err
+}
+
+// handlePartition handles f and the partition's records queued after it
+// until the feed has none or the round ends.
+func (p *Processor) handlePartition(fd *feed, f *fetched) {
+	for f != nil && p.handleAll(f) {
+		lag := max(f.highWM-f.recs[len(f.recs)-1].Offset-1, 0)
+		p.m.lag.WithLabelValues(strconv.Itoa(int(f.id))).Set(float64(lag))
+		f = fd.next(f)
+	}
 }
 
 // rowSync is how many records a worker handles between adding its rows to
-// the shared count (and checking it against MaxBatchRows).
+// the shared count (and checking it against MaxBatchRows) and checking the
+// round's end.
 const rowSync = 32
 
-// handleAll handles f's records from f.handled on until all are handled or
-// the pending rows reach MaxBatchRows.
-func (p *Processor) handleAll(f *fetched) {
-	limit := int64(p.cfg.MaxBatchRows)
+// handleAll handles f's records from f.handled on until all are handled
+// (true) or the round ends: the pending rows reach MaxBatchRows or its time
+// is up.
+func (p *Processor) handleAll(f *fetched) bool {
+	limit, end := int64(p.cfg.MaxBatchRows), p.roundEnd.Load()
 	start, rows := f.handled, 0
-	full := p.rows.Load() >= limit
-	for f.handled < len(f.recs) && !full {
+	stop := p.rows.Load() >= limit || time.Now().UnixNano() >= end
+	for f.handled < len(f.recs) && !stop {
 		rows += p.handle(f.part, f.recs[f.handled])
 		f.handled++
 		if (f.handled-start)%rowSync == 0 || f.handled == len(f.recs) {
-			full = p.rows.Add(int64(rows)) >= limit
+			stop = p.rows.Add(int64(rows)) >= limit || time.Now().UnixNano() >= end
 			rows = 0
 		}
 	}
@@ -455,6 +492,7 @@ func (p *Processor) handleAll(f *fetched) {
 		p.rows.Add(int64(rows))
 	}
 	p.m.consumed.Add(float64(f.handled - start))
+	return f.handled == len(f.recs)
 }
 
 // header returns the value of the first header named key, without copying.
@@ -594,7 +632,7 @@ func (p *Processor) maybeFlush(ctx context.Context, force bool) error {
 		open += part.eng.Open()
 		bytes += part.eng.StateBytes()
 	}
-	p.open = open
+	p.open.Store(int64(open))
 	p.m.open.Set(float64(open))
 	p.m.stateBytes.Set(float64(bytes))
 	full := p.rows.Load() >= int64(p.cfg.MaxBatchRows)
