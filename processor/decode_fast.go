@@ -22,10 +22,11 @@ import (
 // A decoder is not safe for concurrent use; the values it returns are valid
 // until the next call.
 type decoder struct {
-	names map[string]string // interned metric names, bounded by maxNames
-	name  []byte            // the current flattened name prefix
-	keys  [][2]int          // key spans of the objects being scanned (duplicate check)
-	vals  []window.Value
+	names  map[string]string // interned metric names, bounded by maxNames
+	recent []string          // the interned name of each value position of the last payload
+	name   []byte            // the current flattened name prefix
+	keys   [][2]int          // key spans of the objects being scanned (duplicate check)
+	vals   []window.Value
 }
 
 const (
@@ -84,7 +85,7 @@ func (dc *decoder) fast(p []byte, recv time.Time, haveRecv bool) (d decoded, ok 
 		}
 		d.time = t.UTC()
 	case ts != nil:
-		f, err := strconv.ParseFloat(string(ts), 64)
+		f, err := parseFloat(ts)
 		if err != nil || f < 0 || f >= msThreshold && f > float64(maxEventTime.UnixMilli()) {
 			return d, false
 		}
@@ -116,8 +117,7 @@ func (dc *decoder) object(p []byte, i, depth int, d *decoded, ts *[]byte) (int, 
 		return i, false
 	}
 	i = skipSpace(p, i+1)
-	level := len(dc.keys)
-	defer func() { dc.keys = dc.keys[:level] }()
+	level := len(dc.keys) // failures need no cleanup: fast starts afresh
 	prefix := len(dc.name)
 	if i < len(p) && p[i] == '}' {
 		return i + 1, true
@@ -176,13 +176,13 @@ func (dc *decoder) object(p []byte, i, depth int, d *decoded, ts *[]byte) (int, 
 				*ts = p[s:i]
 				break
 			}
-			f, err := strconv.ParseFloat(string(p[s:i]), 64)
+			f, err := parseFloat(p[s:i])
 			if err != nil || len(key) == 0 {
 				d.ignored++ // out of float64 range, or unnamed
 				break
 			}
 			dc.name = append(dc.name[:prefix], key...)
-			dc.vals = append(dc.vals, window.Value{Metric: dc.intern(dc.name), Value: f})
+			dc.vals = append(dc.vals, window.Value{Metric: dc.internAt(len(dc.vals), dc.name), Value: f})
 			dc.name = dc.name[:prefix]
 		case c == '"':
 			s := i
@@ -223,11 +223,74 @@ func (dc *decoder) object(p []byte, i, depth int, d *decoded, ts *[]byte) (int, 
 		case ',':
 			i = skipSpace(p, i+1)
 		case '}':
+			dc.keys = dc.keys[:level]
 			return i + 1, true
 		default:
 			return i, false
 		}
 	}
+}
+
+// internAt interns the name of the k-th value of a payload. Payloads of a
+// fleet repeat their layout, so it first compares with the k-th name of
+// the previous payload: a comparison instead of a map lookup.
+func (dc *decoder) internAt(k int, b []byte) string {
+	if k < len(dc.recent) && dc.recent[k] == string(b) {
+		return dc.recent[k]
+	}
+	s := dc.intern(b)
+	if k < len(dc.recent) {
+		dc.recent[k] = s
+	} else if k == len(dc.recent) && k < 64 {
+		dc.recent = append(dc.recent, s)
+	}
+	return s
+}
+
+// pow10 holds the powers of ten that float64 represents exactly.
+var pow10 = [...]float64{1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11,
+	1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22}
+
+// parseFloat is strconv.ParseFloat(string(b), 64) for a JSON number b (as
+// number validated it), computed without strconv for plain decimals with
+// at most 19 digits, a mantissa up to 2^53 and at most 22 decimals — what
+// sensors send. There the result is exact: the mantissa and the power of
+// ten are both exact float64s and one division rounds correctly (Clinger's
+// fast path, the one strconv takes first too).
+func parseFloat(b []byte) (float64, error) {
+	i, neg := 0, len(b) > 0 && b[0] == '-'
+	if neg {
+		i = 1
+	}
+	var m uint64
+	digits, frac := 0, -1 // frac: digits after the point, -1 before it
+	for ; i < len(b); i++ {
+		switch c := b[i]; {
+		case c >= '0' && c <= '9':
+			if digits++; digits > 19 {
+				return strconv.ParseFloat(string(b), 64)
+			}
+			m = m*10 + uint64(c-'0')
+			if frac >= 0 {
+				frac++
+			}
+		case c == '.' && frac < 0:
+			frac = 0
+		default: // an exponent
+			return strconv.ParseFloat(string(b), 64)
+		}
+	}
+	if digits == 0 || m > 1<<53 || frac > 22 {
+		return strconv.ParseFloat(string(b), 64)
+	}
+	f := float64(m)
+	if frac > 0 {
+		f /= pow10[frac]
+	}
+	if neg {
+		f = -f
+	}
+	return f, nil
 }
 
 // number returns the end of the JSON number at p[i], or -1 if it is not one.

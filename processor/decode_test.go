@@ -3,6 +3,7 @@ package processor
 import (
 	"math"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -179,6 +180,26 @@ func FuzzDecode(f *testing.F) {
 					t.Fatalf("not sorted/unique: %v", d.values)
 				}
 			}
+		}
+	})
+}
+
+// FuzzParseFloat checks parseFloat against strconv.ParseFloat, bit for bit,
+// on every JSON number.
+func FuzzParseFloat(f *testing.F) {
+	for _, s := range []string{"0", "-0", "21.37", "-40.5", "1772323200000", "9007199254740993", "0.1", "1e3",
+		"123456789012345678901", "0.0000000000000000000001", "-9007199254740992.5", "1.7976931348623157e308"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		b := []byte(s)
+		if len(b) == 0 || number(b, 0) != len(b) {
+			return // not a JSON number: parseFloat never sees it
+		}
+		got, gerr := parseFloat(b)
+		want, werr := strconv.ParseFloat(s, 64)
+		if (gerr == nil) != (werr == nil) || math.Float64bits(got) != math.Float64bits(want) {
+			t.Fatalf("%q: got %v (%x) %v, want %v (%x) %v", s, got, math.Float64bits(got), gerr, want, math.Float64bits(want), werr)
 		}
 	})
 }

@@ -31,15 +31,15 @@ func BenchmarkHandle(b *testing.B) {
 				{Key: bus.HeaderReceivedAt, Value: bus.FormatMillis(at)}}}
 	}
 	p := &Processor{m: newMetrics()}
-	wcfg := window.Config{Sizes: sizes, AllowedLateness: 5 * time.Second, IdleTimeout: time.Hour, Clock: p.clock}
+	wcfg := window.Config{Sizes: sizes, AllowedLateness: 5 * time.Second, IdleTimeout: time.Hour}
 	b.ReportAllocs()
 	rows := 0
 	for b.Loop() {
-		eng, err := window.New(wcfg, window.Checkpoint{Offset: -1, Next: -1})
-		if err != nil {
+		part := newPartition(wcfg, time.Now())
+		var err error
+		if part.eng, err = window.New(part.wcfg, window.Checkpoint{Offset: -1, Next: -1}); err != nil {
 			b.Fatal(err)
 		}
-		part := &partition{eng: eng, dec: newDecoder()}
 		for _, r := range recs {
 			rows += p.handle(part, r)
 			if len(part.readings) > 50_000 {

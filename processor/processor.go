@@ -113,6 +113,8 @@ type Processor struct {
 // partition, or the poll loop (with mu held) otherwise.
 type partition struct {
 	eng      *window.Engine
+	wcfg     window.Config // the engine's, with Clock reading now
+	now      time.Time     // the processing-time clock (see clock), set by handleAll every rowSync records
 	dec      *decoder
 	finalBuf []window.Window
 	sealed   window.Checkpoint // checkpoint in the last sealed batch
@@ -123,6 +125,15 @@ type partition struct {
 	// guarded by Processor.commitMu
 	gone      bool              // revoked or lost: never commit for it again
 	committed window.Checkpoint // last committed, to skip commits that change nothing
+}
+
+// newPartition returns a partition without its engine, whose clock starts
+// at now; create the engine from its wcfg.
+func newPartition(wcfg window.Config, now time.Time) *partition {
+	part := &partition{dec: newDecoder(), now: now}
+	part.wcfg = wcfg
+	part.wcfg.Clock = func() time.Time { return part.now }
+	return part
 }
 
 // fetched is one partition's share of a poll still to be processed.
@@ -159,7 +170,7 @@ func New(cfg Config) (*Processor, error) {
 		lastFlush: time.Now(),
 	}
 	p.wcfg = window.Config{Sizes: cfg.WindowSizes, AllowedLateness: cfg.AllowedLateness,
-		IdleTimeout: cfg.IdleTimeout, Clock: p.clock}
+		IdleTimeout: cfg.IdleTimeout}
 	if cfg.Metrics != nil {
 		if err := p.m.register(cfg.Metrics); err != nil {
 			return nil, fmt.Errorf("processor: register metrics: %w", err)
@@ -286,6 +297,7 @@ func (p *Processor) run(ctx context.Context) error {
 	// Rebalances stay blocked while we hold them (BlockRebalanceOnPoll), so
 	// the partitions they belong to are still ours when they are processed.
 	var next kgo.Fetches
+	wait := tick // until the next poll returns at the latest
 	// Records still held when we stop are dropped (never committed: the
 	// next owner replays them); the client must not keep blocking
 	// rebalances for them, or leaving the group would wait forever.
@@ -313,7 +325,7 @@ func (p *Processor) run(ctx context.Context) error {
 		fs := next
 		next = nil
 		if fs.NumRecords() == 0 {
-			pollCtx, cancel := context.WithTimeout(ctx, tick)
+			pollCtx, cancel := context.WithTimeout(ctx, wait)
 			fs = p.cl.PollFetches(pollCtx)
 			cancel()
 		}
@@ -329,6 +341,8 @@ func (p *Processor) run(ctx context.Context) error {
 		if err == nil {
 			err = p.maybeFlush(ctx, false)
 		}
+		// A quiet topic must not hold due rows back for a whole tick.
+		wait = min(tick, max(time.Until(p.nextFlush()), 5*time.Millisecond))
 		p.mu.Unlock()
 		if next.NumRecords() == 0 {
 			p.rebalanceWaiting.Store(false)
@@ -479,12 +493,20 @@ const rowSync = 32
 func (p *Processor) handleAll(f *fetched) bool {
 	limit, end := int64(p.cfg.MaxBatchRows), p.roundEnd.Load()
 	start, rows := f.handled, 0
-	stop := p.rows.Load() >= limit || time.Now().UnixNano() >= end
+	// The engine's clock is read per record; the time is taken here, every
+	// rowSync records, which is precise enough for IdleTimeout.
+	tick := func() bool {
+		now := time.Now()
+		f.part.now = now.Add(-time.Duration(p.stalled.Load()))
+		return now.UnixNano() >= end
+	}
+	stop := tick() || p.rows.Load() >= limit
 	for f.handled < len(f.recs) && !stop {
 		rows += p.handle(f.part, f.recs[f.handled])
 		f.handled++
 		if (f.handled-start)%rowSync == 0 || f.handled == len(f.recs) {
-			stop = p.rows.Add(int64(rows)) >= limit || time.Now().UnixNano() >= end
+			stop = p.rows.Add(int64(rows)) >= limit
+			stop = tick() || stop
 			rows = 0
 		}
 	}
@@ -495,14 +517,24 @@ func (p *Processor) handleAll(f *fetched) bool {
 	return f.handled == len(f.recs)
 }
 
-// header returns the value of the first header named key, without copying.
-func header(r *kgo.Record, key string) []byte {
+// recordHeaders are the values of the headers the processor reads (the
+// first of each name), without copying.
+type recordHeaders struct{ device, receivedAt, topic []byte }
+
+func headersOf(r *kgo.Record) recordHeaders {
+	var hs recordHeaders
+	var seen uint8
 	for _, h := range r.Headers {
-		if h.Key == key {
-			return h.Value
+		switch {
+		case seen&1 == 0 && h.Key == bus.HeaderDevice:
+			hs.device, seen = h.Value, seen|1
+		case seen&2 == 0 && h.Key == bus.HeaderReceivedAt:
+			hs.receivedAt, seen = h.Value, seen|2
+		case seen&4 == 0 && h.Key == bus.HeaderTopic:
+			hs.topic, seen = h.Value, seen|4
 		}
 	}
-	return nil
+	return hs
 }
 
 // parseMillis is strconv.ParseInt(string(b), 10, 64) without the string:
@@ -527,9 +559,10 @@ func parseMillis(b []byte) (int64, bool) {
 // handle runs one record through the partition's decoder and engine and
 // returns the rows it added. It touches only part (and thread-safe state).
 func (p *Processor) handle(part *partition, r *kgo.Record) int {
+	hs := headersOf(r)
 	var device string
-	if h := header(r, bus.HeaderDevice); len(h) > 0 {
-		device = part.dec.intern(h)
+	if len(hs.device) > 0 {
+		device = part.dec.intern(hs.device)
 	} else if len(r.Key) > 0 {
 		device = part.dec.intern(r.Key)
 	}
@@ -540,13 +573,13 @@ func (p *Processor) handle(part *partition, r *kgo.Record) int {
 		return 0
 	}
 	var recv time.Time
-	ms, ok := parseMillis(header(r, bus.HeaderReceivedAt))
+	ms, ok := parseMillis(hs.receivedAt)
 	if ok {
 		recv = time.UnixMilli(ms).UTC()
 	}
 	var mqttTopic string
-	if d := header(r, bus.HeaderTopic); len(d) > 0 && len(r.Value) > 0 && r.Value[0] != '{' {
-		mqttTopic = string(d) // only a bare number needs the topic
+	if len(hs.topic) > 0 && len(r.Value) > 0 && r.Value[0] != '{' {
+		mqttTopic = string(hs.topic) // only a bare number needs the topic
 	}
 	d, derr := part.dec.decode(r.Value, mqttTopic, recv, ok)
 	if derr != nil {
@@ -636,23 +669,27 @@ func (p *Processor) maybeFlush(ctx context.Context, force bool) error {
 	p.m.open.Set(float64(open))
 	p.m.stateBytes.Set(float64(bytes))
 	full := p.rows.Load() >= int64(p.cfg.MaxBatchRows)
-	if !force && !full && now.Sub(p.lastFlush) < p.cfg.FlushInterval && !p.windowsDue(now) {
+	if !force && !full && now.Before(p.nextFlush()) {
 		return nil
 	}
 	return p.seal(ctx, force || full)
 }
 
-// windowsDue reports whether a final window has waited a quarter of
-// FlushInterval to be sealed. Final windows are what dashboards wait for
-// (freshness), so they do not wait for a full interval; readings and
-// commits alone do. Called with p.mu held and no records being handled.
-func (p *Processor) windowsDue(now time.Time) bool {
+// nextFlush is when the pending rows are due to be sealed: FlushInterval
+// after the last seal, or a quarter of it after a window became final.
+// Final windows are what dashboards wait for (freshness), so they do not
+// wait for a full interval; readings and commits alone do. Called with
+// p.mu held and no records being handled.
+func (p *Processor) nextFlush() time.Time {
+	due := p.lastFlush.Add(p.cfg.FlushInterval)
 	for _, part := range p.parts {
-		if len(part.closed) > 0 && now.Sub(part.closed[0].at) >= p.cfg.FlushInterval/4 {
-			return true
+		if len(part.closed) > 0 {
+			if at := part.closed[0].at.Add(p.cfg.FlushInterval / 4); at.Before(due) {
+				due = at
+			}
 		}
 	}
-	return false
+	return due
 }
 
 // seal moves every partition's pending rows into a new batch with the
@@ -805,11 +842,12 @@ func (p *Processor) restore(ctx context.Context, ids []int32) error {
 		if o, ok := resp.Lookup(p.cfg.Topics.Telemetry, id); ok && o.At >= 0 {
 			cp = parseMeta(o.At, o.Metadata)
 		}
-		eng, err := window.New(p.wcfg, cp)
-		if err != nil {
+		part := newPartition(p.wcfg, p.clock())
+		if part.eng, err = window.New(part.wcfg, cp); err != nil {
 			return fmt.Errorf("processor: window engine: %w", err)
 		}
-		p.parts[id] = &partition{eng: eng, dec: newDecoder(), sealed: cp, committed: cp}
+		part.sealed, part.committed = cp, cp
+		p.parts[id] = part
 		p.log.Debug().Int32("partition", id).Int64("offset", cp.Offset).Int64("next", cp.Next).
 			Time("watermark", cp.Watermark).Msg("partition assigned")
 	}
