@@ -153,6 +153,7 @@ func BenchmarkProcessor(b *testing.B) {
 		iter := 0
 		for b.Loop() {
 			iter++
+			settle(b)
 			raw += rawRate(b)
 			reg := prometheus.NewRegistry()
 			group := fmt.Sprintf("%s.bench.%s.%d", topics.Telemetry, b.Name(), iter)
@@ -223,6 +224,23 @@ func BenchmarkProcessor(b *testing.B) {
 	b.Run("sink=chdb-windows", func(b *testing.B) { run(b, chdb(b), true) })
 	// Windows and every raw reading (the default).
 	b.Run("sink=chdb", func(b *testing.B) { run(b, chdb(b), false) })
+}
+
+// settle waits until the process is quiet (under 5% of a core over 250 ms)
+// so that each iteration's raw consumer and processor start alike: chDB
+// goes on merging the previous iteration's parts in the background.
+func settle(b *testing.B) {
+	b.StopTimer()
+	defer b.StartTimer()
+	deadline := time.Now().Add(2 * time.Minute)
+	for time.Now().Before(deadline) {
+		c0, t0 := cpuTime(b), time.Now()
+		time.Sleep(250 * time.Millisecond) // sampling CPU use, not synchronising
+		if float64(cpuTime(b)-c0) < 0.05*float64(time.Since(t0)) {
+			return
+		}
+	}
+	b.Log("the process did not settle within 2 minutes")
 }
 
 // cpuTime is the process's user+system CPU time so far (everything in the

@@ -23,6 +23,7 @@
 package processor
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -143,6 +144,9 @@ type fetched struct {
 	recs    []*kgo.Record
 	highWM  int64
 	handled int
+	// lastOffset is the last handled record's: handled records are
+	// recycled, their fields zeroed.
+	lastOffset int64
 }
 
 // closeMark: the next n windows of partition.windows became final at at.
@@ -187,6 +191,7 @@ func New(cfg Config) (*Processor, error) {
 		kgo.OnPartitionsRevoked(p.onRevoked),
 		kgo.OnPartitionsLost(p.onLost),
 		kgo.OnPartitionsCallbackBlocked(func(context.Context, *kgo.Client) { p.rebalanceWaiting.Store(true) }),
+		kgo.WithPools(&fetchPools{}),
 	)
 	// The consumer group starts inside NewClient, so a rebalance callback
 	// can run before p.cl is set: callbacks wait for clSet.
@@ -476,7 +481,7 @@ func (p *Processor) process(ctx context.Context, fd *feed) error {
 // until the feed has none or the round ends.
 func (p *Processor) handlePartition(fd *feed, f *fetched) {
 	for f != nil && p.handleAll(f) {
-		lag := max(f.highWM-f.recs[len(f.recs)-1].Offset-1, 0)
+		lag := max(f.highWM-f.lastOffset-1, 0)
 		p.m.lag.WithLabelValues(strconv.Itoa(int(f.id))).Set(float64(lag))
 		f = fd.next(f)
 	}
@@ -502,7 +507,10 @@ func (p *Processor) handleAll(f *fetched) bool {
 	}
 	stop := tick() || p.rows.Load() >= limit
 	for f.handled < len(f.recs) && !stop {
-		rows += p.handle(f.part, f.recs[f.handled])
+		r := f.recs[f.handled]
+		f.lastOffset = r.Offset
+		rows += p.handle(f.part, r)
+		r.Recycle() // see fetchPools
 		f.handled++
 		if (f.handled-start)%rowSync == 0 || f.handled == len(f.recs) {
 			stop = p.rows.Add(int64(rows)) >= limit
@@ -636,11 +644,17 @@ func takeFinal(part *partition) int {
 // before its checkpoints are committed. Safe for concurrent use.
 func (p *Processor) deadLetter(r *kgo.Record, reason, detail string) {
 	p.m.deadletter.WithLabelValues(reason).Inc()
+	// Copies: r is recycled once handled (see fetchPools), before the
+	// produce completes.
+	hs := make([]kgo.RecordHeader, 0, len(r.Headers)+3)
+	for _, h := range r.Headers {
+		hs = append(hs, kgo.RecordHeader{Key: h.Key, Value: bytes.Clone(h.Value)})
+	}
 	dl := &kgo.Record{
 		Topic: p.cfg.Topics.DeadLetter,
-		Key:   r.Key,
-		Value: r.Value,
-		Headers: append(slices.Clone(r.Headers),
+		Key:   bytes.Clone(r.Key),
+		Value: bytes.Clone(r.Value),
+		Headers: append(hs,
 			kgo.RecordHeader{Key: bus.HeaderReason, Value: []byte(reason)},
 			kgo.RecordHeader{Key: bus.HeaderDetail, Value: []byte(detail)},
 			kgo.RecordHeader{Key: bus.HeaderSource, Value: fmt.Appendf(nil, "%s/%d/%d", r.Topic, r.Partition, r.Offset)},
