@@ -173,13 +173,20 @@ type Outcome struct {
 
 const noWatermark = math.MinInt64
 
-// skey names a series: one device's metric.
-type skey struct{ device, metric string }
+// device holds the series of one device that have open windows. Records
+// carry one device and a few metrics, so the engine looks the device up
+// once per record and finds each metric in its short list: one map lookup
+// per record instead of one per reading.
+type device struct {
+	name   string
+	series []*series
+}
 
 // series holds the open windows (of every size) of one device × metric.
 type series struct {
-	skey
-	wins *win // linked through win.next
+	dev    *device
+	metric string
+	wins   *win // linked through win.next
 }
 
 // win is one open window's state.
@@ -208,15 +215,17 @@ type Engine struct {
 	next0     int64 // Next of the restored checkpoint
 	lastSeen  time.Time
 
-	series map[skey]*series
-	nOpen  int
-	ends   endHeap
-	byEnd  map[int64][]*win
-	final  []Window
+	devices map[string]*device
+	nSeries int // series with open windows, over all devices
+	nOpen   int
+	ends    endHeap
+	byEnd   map[int64][]*win
+	final   []Window
 
 	// recycled allocations: closed windows, empty series, end buckets
 	freeWins   []*win
 	freeSeries []*series
+	freeDevs   []*device
 	freeBucket [][]*win
 	seenBytes  int // Σ seen.bytes() over open windows
 	scratch    []int64
@@ -244,7 +253,7 @@ func New(cfg Config, from Checkpoint) (*Engine, error) {
 		maxEvent:  noWatermark,
 		position:  from.Offset,
 		next0:     from.Next,
-		series:    make(map[skey]*series),
+		devices:   make(map[string]*device),
 		byEnd:     make(map[int64][]*win),
 	}
 	if cfg.AllowedLateness < 0 {
@@ -293,6 +302,7 @@ func (e *Engine) Add(r Record) Outcome {
 	clear(e.counted)
 	newest := int64(noWatermark)
 	var cur *series
+	var dev *device
 	for i := range r.Values {
 		v := &r.Values[i]
 		t := rt
@@ -314,7 +324,10 @@ func (e *Engine) Add(r Record) Outcome {
 				continue
 			}
 			if cur == nil {
-				cur = e.seriesFor(r.Device, v.Metric)
+				if dev == nil {
+					dev = e.deviceFor(r.Device)
+				}
+				cur = e.seriesFor(dev, v.Metric)
 			}
 			if e.add(cur, uint8(j), size, start, t, v.Value, r.Offset) {
 				e.counted[i] = true
@@ -337,27 +350,58 @@ func (e *Engine) Add(r Record) Outcome {
 	return Outcome{Replayed: replayed, TooLate: e.tooLate, Counted: e.counted}
 }
 
-func (e *Engine) seriesFor(device, metric string) *series {
-	k := skey{device, metric}
-	s := e.series[k]
-	if s == nil {
-		if n := len(e.freeSeries); n > 0 {
-			s = e.freeSeries[n-1]
-			e.freeSeries = e.freeSeries[:n-1]
+func (e *Engine) deviceFor(name string) *device {
+	d := e.devices[name]
+	if d == nil {
+		if n := len(e.freeDevs); n > 0 {
+			d = e.freeDevs[n-1]
+			e.freeDevs = e.freeDevs[:n-1]
 		} else {
-			s = new(series)
+			d = new(device)
 		}
-		s.skey = k
-		e.series[k] = s
+		d.name = name
+		e.devices[name] = d
 	}
+	return d
+}
+
+func (e *Engine) seriesFor(d *device, metric string) *series {
+	for _, s := range d.series {
+		if s.metric == metric {
+			return s
+		}
+	}
+	var s *series
+	if n := len(e.freeSeries); n > 0 {
+		s = e.freeSeries[n-1]
+		e.freeSeries = e.freeSeries[:n-1]
+	} else {
+		s = new(series)
+	}
+	s.dev, s.metric = d, metric
+	d.series = append(d.series, s)
+	e.nSeries++
 	return s
 }
 
 func (e *Engine) dropSeries(s *series) {
-	delete(e.series, s.skey)
+	d := s.dev
+	if i := slices.Index(d.series, s); i >= 0 {
+		last := len(d.series) - 1
+		d.series[i], d.series[last] = d.series[last], nil
+		d.series = d.series[:last]
+	}
+	e.nSeries--
 	*s = series{}
 	if len(e.freeSeries) < maxFree {
 		e.freeSeries = append(e.freeSeries, s)
+	}
+	if len(d.series) == 0 {
+		delete(e.devices, d.name)
+		d.name = ""
+		if len(e.freeDevs) < maxFree {
+			e.freeDevs = append(e.freeDevs, d)
+		}
 	}
 }
 
@@ -472,7 +516,7 @@ func (e *Engine) closeFinal() {
 		for i, w := range b {
 			s := w.s
 			e.final = append(e.final, Window{
-				Device: s.device, Metric: s.metric, Size: time.Duration(e.sizes[w.seen.sizeIdx]),
+				Device: s.dev.name, Metric: s.metric, Size: time.Duration(e.sizes[w.seen.sizeIdx]),
 				Start: time.Unix(0, w.start).UTC(), Count: w.count, Sum: w.sum,
 				Min: w.min, Max: w.max, First: w.first, Last: w.last,
 				FirstAt: time.Unix(0, w.firstAt).UTC(), LastAt: time.Unix(0, w.lastAt).UTC(),
@@ -543,6 +587,7 @@ func (e *Engine) Open() int { return e.nOpen }
 const (
 	winBytes      = int(unsafe.Sizeof(win{}))
 	seriesBytes   = int(unsafe.Sizeof(series{}))
+	deviceBytes   = int(unsafe.Sizeof(device{}))
 	mapEntryBytes = 48
 	ptrBytes      = int(unsafe.Sizeof(uintptr(0)))
 )
@@ -550,12 +595,14 @@ const (
 // StateBytes is an accounted estimate of the memory held by open windows:
 // per open window its struct, its event-time set's buffer and its pointer
 // in the end bucket; per series (device × metric with an open window) its
-// struct and its map entry. It
+// struct and its pointer in the device's list; per device with an open
+// window its struct and its map entry. It
 // leaves out the strings (shared with the decoder's interned names), the
 // end heap (one entry per distinct window end) and the free lists of
 // recycled structs (bounded by the open state plus a constant).
 func (e *Engine) StateBytes() int {
-	return e.nOpen*(winBytes+ptrBytes) + e.seenBytes + len(e.series)*(seriesBytes+mapEntryBytes)
+	return e.nOpen*(winBytes+ptrBytes) + e.seenBytes + e.nSeries*(seriesBytes+ptrBytes) +
+		len(e.devices)*(deviceBytes+mapEntryBytes)
 }
 
 // Watermark returns the current watermark; the zero Time means none yet.
