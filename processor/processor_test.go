@@ -57,11 +57,12 @@ type agg struct {
 // double count) and can fail the first failN writes.
 type countingSink struct {
 	Sink
-	mu      sync.Mutex
-	emitted map[string][]storage.Window
-	fails   int
-	failN   int
-	onFail  func()
+	mu       sync.Mutex
+	emitted  map[string][]storage.Window
+	readings int // stored
+	fails    int
+	failN    int
+	onFail   func()
 }
 
 func (c *countingSink) WriteBatch(ctx context.Context, ws []storage.Window, rs []storage.Reading) error {
@@ -84,7 +85,14 @@ func (c *countingSink) WriteBatch(ctx context.Context, ws []storage.Window, rs [
 		k := fmt.Sprint(w.Device, w.Metric, w.Size, w.Start)
 		c.emitted[k] = append(c.emitted[k], w)
 	}
+	c.readings += len(rs)
 	return nil
+}
+
+func (c *countingSink) storedReadings() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.readings
 }
 
 // memSink is the stand-in when no chDB is available: ReplacingMergeTree
@@ -222,8 +230,16 @@ func (e *env) produce(t *testing.T, recs ...*kgo.Record) {
 // start runs a processor until the returned stop is called; stop returns Run's error.
 func (e *env) start(t *testing.T, sink Sink, idle time.Duration) (stop func() error) {
 	t.Helper()
-	p, err := New(Config{Kafka: []kgo.Opt{kgo.SeedBrokers(e.seeds...)}, Topics: e.topics, Group: e.group,
-		WindowSizes: sizes, IdleTimeout: idle, FlushInterval: 20 * time.Millisecond, Sink: sink, Logger: zerolog.New(io.Discard)})
+	return e.startWith(t, sink, idle, func(*Config) {})
+}
+
+// startWith is start with the config changed by edit.
+func (e *env) startWith(t *testing.T, sink Sink, idle time.Duration, edit func(*Config)) (stop func() error) {
+	t.Helper()
+	cfg := Config{Kafka: []kgo.Opt{kgo.SeedBrokers(e.seeds...)}, Topics: e.topics, Group: e.group,
+		WindowSizes: sizes, IdleTimeout: idle, FlushInterval: 20 * time.Millisecond, Sink: sink, Logger: zerolog.New(io.Discard)}
+	edit(&cfg)
+	p, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -278,6 +294,37 @@ func TestKnownRecordsExactWindows(t *testing.T) {
 		o, ok := e.committed(t)
 		return ok && o.At == 4 && o.Metadata == formatMetaFor(t0.Add(295*time.Second), 5)
 	})
+}
+
+// TestWindowsOnly: the same windows either way; raw readings are stored by
+// default and not at all with WindowsOnly, even once every record is
+// committed.
+func TestWindowsOnly(t *testing.T) {
+	for _, only := range []bool{false, true} {
+		t.Run(fmt.Sprint("WindowsOnly=", only), func(t *testing.T) {
+			e := newEnv(t)
+			sink, lookup := newSink(t)
+			e.startWith(t, sink, time.Hour, func(c *Config) { c.WindowsOnly = only })
+			dev := fmt.Sprint("windows-only-", only)
+			e.produce(t,
+				e.record(dev, fmt.Sprintf(`{"ts":%d,"t":1,"h":5}`, ts(1))),
+				e.record(dev, fmt.Sprintf(`{"ts":%d,"t":3}`, ts(2))),
+				e.record(dev, fmt.Sprintf(`{"ts":%d,"t":0}`, ts(300))))
+			waitWindows(t, lookup, dev, "t", 10*time.Second, map[time.Time]agg{t0: {2, 4, 1, 3}})
+			waitWindows(t, lookup, dev, "h", 10*time.Second, map[time.Time]agg{t0: {1, 5, 5, 5}})
+			testkafka.Eventually(t, 10*time.Second, "every record committed", func() bool {
+				o, ok := e.committed(t)
+				return ok && parseMeta(o.At, o.Metadata).Next == 3
+			})
+			want := 4 // t, h, t, t
+			if only {
+				want = 0
+			}
+			if got := sink.storedReadings(); got != want {
+				t.Fatalf("%d readings stored, want %d", got, want)
+			}
+		})
+	}
 }
 
 func formatMetaFor(w time.Time, next int64) string {
