@@ -71,7 +71,13 @@ func (dc *decoder) fast(p []byte, recv time.Time, haveRecv bool) (d decoded, ok 
 		return d, false
 	}
 	d.values = dc.vals
-	slices.SortFunc(d.values, func(a, b window.Value) int { return strings.Compare(a.Metric, b.Metric) })
+	if len(d.values) == 2 { // the common case, without the sort's machinery
+		if d.values[0].Metric > d.values[1].Metric {
+			d.values[0], d.values[1] = d.values[1], d.values[0]
+		}
+	} else {
+		slices.SortFunc(d.values, func(a, b window.Value) int { return strings.Compare(a.Metric, b.Metric) })
+	}
 	for j := 1; j < len(d.values); j++ {
 		if d.values[j].Metric == d.values[j-1].Metric {
 			return d, false // collision: which one wins is decodeSlow's rule

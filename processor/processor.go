@@ -568,11 +568,16 @@ func parseMillis(b []byte) (int64, bool) {
 // returns the rows it added. It touches only part (and thread-safe state).
 func (p *Processor) handle(part *partition, r *kgo.Record) int {
 	hs := headersOf(r)
+	id := hs.device
+	if len(id) == 0 {
+		id = r.Key
+	}
 	var device string
-	if len(hs.device) > 0 {
-		device = part.dec.intern(hs.device)
-	} else if len(r.Key) > 0 {
-		device = part.dec.intern(r.Key)
+	if len(id) > 0 {
+		var ok bool
+		if device, ok = part.eng.DeviceName(id); !ok {
+			device = part.dec.intern(id)
+		}
 	}
 	if device == "" {
 		if !part.eng.Skip(r.Offset) {

@@ -216,7 +216,8 @@ type Engine struct {
 	lastSeen  time.Time
 
 	devices map[string]*device
-	nSeries int // series with open windows, over all devices
+	lastDev *device // the last DeviceName found, cleared when dropped
+	nSeries int     // series with open windows, over all devices
 	nOpen   int
 	ends    endHeap
 	byEnd   map[int64][]*win
@@ -350,7 +351,22 @@ func (e *Engine) Add(r Record) Outcome {
 	return Outcome{Replayed: replayed, TooLate: e.tooLate, Counted: e.counted}
 }
 
+// DeviceName returns the name of the device b if it has open windows, the
+// same string every time, so a caller can skip interning it; Add of a
+// record of that device then finds it without a second lookup.
+func (e *Engine) DeviceName(b []byte) (string, bool) {
+	d := e.devices[string(b)]
+	if d == nil {
+		return "", false
+	}
+	e.lastDev = d
+	return d.name, true
+}
+
 func (e *Engine) deviceFor(name string) *device {
+	if d := e.lastDev; d != nil && d.name == name {
+		return d
+	}
 	d := e.devices[name]
 	if d == nil {
 		if n := len(e.freeDevs); n > 0 {
@@ -397,6 +413,9 @@ func (e *Engine) dropSeries(s *series) {
 		e.freeSeries = append(e.freeSeries, s)
 	}
 	if len(d.series) == 0 {
+		if e.lastDev == d {
+			e.lastDev = nil
+		}
 		delete(e.devices, d.name)
 		d.name = ""
 		if len(e.freeDevs) < maxFree {
