@@ -71,6 +71,33 @@ func TestAggregates(t *testing.T) {
 	}
 }
 
+// TestDeviceName: a device is named while it has open windows, by the
+// string the engine keeps (the one its windows carry), and not after they
+// closed.
+func TestDeviceName(t *testing.T) {
+	e := newEngine(t, Config{Sizes: []time.Duration{10 * time.Second}}, Checkpoint{Offset: -1})
+	if _, ok := e.DeviceName([]byte("d")); ok {
+		t.Fatal("unknown device named")
+	}
+	e.Add(rec(0, "d", t0, "t", 1))
+	name, ok := e.DeviceName([]byte("d"))
+	if !ok || name != "d" {
+		t.Fatalf("DeviceName = %q, %v", name, ok)
+	}
+	e.Add(rec(1, name, t0.Add(time.Second), "t", 2))
+	e.Add(rec(2, "other", t0.Add(30*time.Second), "t", 3)) // closes d's only window
+	if got := e.Final(nil); len(got) != 1 || got[0].Device != "d" || got[0].Count != 2 {
+		t.Fatalf("final %+v", got)
+	}
+	if _, ok := e.DeviceName([]byte("d")); ok {
+		t.Fatal("device without open windows named")
+	}
+	e.Add(rec(3, "d", t0.Add(31*time.Second), "t", 4)) // back: found again, counted once
+	if name, ok := e.DeviceName([]byte("d")); !ok || name != "d" || e.Open() != 2 {
+		t.Fatalf("DeviceName = %q, %v; open %d", name, ok, e.Open())
+	}
+}
+
 // TestExactEdge pins the window boundary to the nanosecond: 15:00:00Z is the
 // first instant of the next window and closes the previous one at lateness 0.
 func TestExactEdge(t *testing.T) {
