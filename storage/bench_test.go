@@ -2,6 +2,7 @@ package storage
 
 import (
 	"fmt"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -92,4 +93,72 @@ func BenchmarkWriteWindows(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(b.N*len(ws))/b.Elapsed().Seconds(), "rows/s")
+}
+
+// BenchmarkWindowsInsertSize measures what a windows insert costs the
+// process in CPU per row, background merges included, by insert size: the
+// same 720,000 windows (1,000 devices × 2 metrics, 10 s and 1 min) in
+// inserts of each size, then waiting until the process is quiet. On chDB
+// every insert is a new part, whose files (and merges) cost a fixed share.
+//
+//	go test ./storage -run '^$' -bench WindowsInsertSize -benchtime 1x
+func BenchmarkWindowsInsertSize(b *testing.B) {
+	const devices, total = 1000, 720_000
+	var all []Window
+	for w := 0; len(all) < total; w++ {
+		start := t0.Add(time.Duration(w) * 10 * time.Second)
+		for d := range devices {
+			dev := fmt.Sprintf("dev-%04d", d)
+			all = append(all, win(dev, "temperature", 10*time.Second, start, 20+float64(d%7), 21, 22),
+				win(dev, "humidity", 10*time.Second, start, 40+float64(d%5), 41))
+			if w%6 == 5 {
+				all = append(all, win(dev, "temperature", time.Minute, start.Add(-50*time.Second), 20+float64(d%7), 21),
+					win(dev, "humidity", time.Minute, start.Add(-50*time.Second), 40+float64(d%5), 41))
+			}
+		}
+	}
+	for _, per := range []int{20_000, 45_000, 90_000, 180_000} {
+		b.Run(fmt.Sprint("rows=", per), func(b *testing.B) {
+			s := openT(b, chdbKind().cfg(b))
+			ctx := ctxT(b)
+			var cpu time.Duration
+			for i := 0; b.Loop(); i++ {
+				for j := range all {
+					all[j].Version = uint64(i + 1)
+				}
+				c0 := cpuTime(b)
+				for k := 0; k < len(all); k += per {
+					if err := s.WriteBatch(ctx, all[k:min(k+per, len(all))], nil); err != nil {
+						b.Fatal(err)
+					}
+				}
+				quiet(b)
+				cpu += cpuTime(b) - c0
+			}
+			b.ReportMetric(float64(cpu.Nanoseconds())/1e3/float64(b.N*len(all)), "cpu-µs/row")
+		})
+	}
+}
+
+// quiet waits until the process uses under 5% of a core over 250 ms:
+// chDB's background merges are done.
+func quiet(b *testing.B) {
+	deadline := time.Now().Add(2 * time.Minute)
+	for time.Now().Before(deadline) {
+		c0, w0 := cpuTime(b), time.Now()
+		time.Sleep(250 * time.Millisecond) // sampling CPU use, not synchronising
+		if float64(cpuTime(b)-c0) < 0.05*float64(time.Since(w0)) {
+			return
+		}
+	}
+	b.Fatal("chDB did not go quiet within 2 minutes")
+}
+
+// cpuTime is the process's user+system CPU time so far.
+func cpuTime(b *testing.B) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
