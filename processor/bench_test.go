@@ -7,7 +7,6 @@ import (
 	"os"
 	"strconv"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -18,6 +17,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/iotpipe/iotpipe/internal/bus"
+	"github.com/iotpipe/iotpipe/internal/testcpu"
 	"github.com/iotpipe/iotpipe/internal/testkafka"
 	"github.com/iotpipe/iotpipe/storage"
 )
@@ -190,11 +190,11 @@ func BenchmarkProcessor(b *testing.B) {
 					time.Sleep(2 * time.Millisecond) // polling the group's commits, not synchronising
 				}
 			}
-			start, cpu0 := time.Now(), cpuTime(b)
+			start, cpu0 := time.Now(), testcpu.Time(b)
 			committed(steady)
 			elapsed := time.Since(start)
 			proc += steady * float64(readings) / elapsed.Seconds()
-			cores += (cpuTime(b) - cpu0).Seconds() / elapsed.Seconds()
+			cores += (testcpu.Time(b) - cpu0).Seconds() / elapsed.Seconds()
 			committed(1)
 			cancel()
 			if err := <-stopped; err != nil {
@@ -226,31 +226,15 @@ func BenchmarkProcessor(b *testing.B) {
 	b.Run("sink=chdb", func(b *testing.B) { run(b, chdb(b), false) })
 }
 
-// settle waits until the process is quiet (under 5% of a core over 250 ms)
-// so that each iteration's raw consumer and processor start alike: chDB
-// goes on merging the previous iteration's parts in the background.
+// settle waits until the process is quiet so that each iteration's raw
+// consumer and processor start alike: chDB goes on merging the previous
+// iteration's parts in the background.
 func settle(b *testing.B) {
 	b.StopTimer()
 	defer b.StartTimer()
-	deadline := time.Now().Add(2 * time.Minute)
-	for time.Now().Before(deadline) {
-		c0, t0 := cpuTime(b), time.Now()
-		time.Sleep(250 * time.Millisecond) // sampling CPU use, not synchronising
-		if float64(cpuTime(b)-c0) < 0.05*float64(time.Since(t0)) {
-			return
-		}
+	if !testcpu.WaitQuiet(b, 2*time.Minute) {
+		b.Log("the process did not settle within 2 minutes")
 	}
-	b.Log("the process did not settle within 2 minutes")
-}
-
-// cpuTime is the process's user+system CPU time so far (everything in the
-// process: kfake, the Kafka client, the processor and chDB).
-func cpuTime(b *testing.B) time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		b.Fatal(err)
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // p99 returns the upper bound of the bucket holding the 99th percentile of

@@ -2,9 +2,10 @@ package storage
 
 import (
 	"fmt"
-	"syscall"
 	"testing"
 	"time"
+
+	"github.com/iotpipe/iotpipe/internal/testcpu"
 )
 
 // BenchmarkWriteBatch measures WriteBatch throughput on chDB with a
@@ -126,39 +127,18 @@ func BenchmarkWindowsInsertSize(b *testing.B) {
 				for j := range all {
 					all[j].Version = uint64(i + 1)
 				}
-				c0 := cpuTime(b)
+				c0 := testcpu.Time(b)
 				for k := 0; k < len(all); k += per {
 					if err := s.WriteBatch(ctx, all[k:min(k+per, len(all))], nil); err != nil {
 						b.Fatal(err)
 					}
 				}
-				quiet(b)
-				cpu += cpuTime(b) - c0
+				if !testcpu.WaitQuiet(b, 2*time.Minute) { // chDB's merges are done
+					b.Fatal("chDB did not go quiet within 2 minutes")
+				}
+				cpu += testcpu.Time(b) - c0
 			}
 			b.ReportMetric(float64(cpu.Nanoseconds())/1e3/float64(b.N*len(all)), "cpu-µs/row")
 		})
 	}
-}
-
-// quiet waits until the process uses under 5% of a core over 250 ms:
-// chDB's background merges are done.
-func quiet(b *testing.B) {
-	deadline := time.Now().Add(2 * time.Minute)
-	for time.Now().Before(deadline) {
-		c0, w0 := cpuTime(b), time.Now()
-		time.Sleep(250 * time.Millisecond) // sampling CPU use, not synchronising
-		if float64(cpuTime(b)-c0) < 0.05*float64(time.Since(w0)) {
-			return
-		}
-	}
-	b.Fatal("chDB did not go quiet within 2 minutes")
-}
-
-// cpuTime is the process's user+system CPU time so far.
-func cpuTime(b *testing.B) time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		b.Fatal(err)
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

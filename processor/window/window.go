@@ -369,12 +369,7 @@ func (e *Engine) deviceFor(name string) *device {
 	}
 	d := e.devices[name]
 	if d == nil {
-		if n := len(e.freeDevs); n > 0 {
-			d = e.freeDevs[n-1]
-			e.freeDevs = e.freeDevs[:n-1]
-		} else {
-			d = new(device)
-		}
+		d = reuse(&e.freeDevs)
 		d.name = name
 		e.devices[name] = d
 	}
@@ -387,13 +382,7 @@ func (e *Engine) seriesFor(d *device, metric string) *series {
 			return s
 		}
 	}
-	var s *series
-	if n := len(e.freeSeries); n > 0 {
-		s = e.freeSeries[n-1]
-		e.freeSeries = e.freeSeries[:n-1]
-	} else {
-		s = new(series)
-	}
+	s := reuse(&e.freeSeries)
 	s.dev, s.metric = d, metric
 	d.series = append(d.series, s)
 	e.nSeries++
@@ -485,13 +474,7 @@ func (e *Engine) insert(w *win, t int64) {
 }
 
 func (e *Engine) open(s *series, sizeIdx uint8, size, start, t int64, v float64, off int64) {
-	var w *win
-	if n := len(e.freeWins); n > 0 {
-		w = e.freeWins[n-1]
-		e.freeWins = e.freeWins[:n-1]
-	} else {
-		w = new(win)
-	}
+	w := reuse(&e.freeWins)
 	buf := w.seen.buf[:0]
 	*w = win{s: s, next: s.wins, start: start, count: 1, sum: v, min: v, max: v, first: v, last: v,
 		firstAt: t, lastAt: t, firstOff: off, lastOff: off}
@@ -567,6 +550,17 @@ func (e *Engine) closeFinal() {
 // ends at the same instant) leaves the rest to the GC instead of holding a
 // second copy of the state.
 const maxFree = 4096
+
+// reuse takes a recycled struct from a free list, or allocates one.
+func reuse[T any](free *[]*T) *T {
+	if n := len(*free); n > 0 {
+		x := (*free)[n-1]
+		(*free)[n-1] = nil
+		*free = (*free)[:n-1]
+		return x
+	}
+	return new(T)
+}
 
 func (e *Engine) recycle(w *win) {
 	e.seenBytes -= w.seen.bytes()
