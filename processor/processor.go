@@ -448,7 +448,8 @@ func (p *Processor) restoreUnknown(ctx context.Context, fs kgo.Fetches) error {
 // engines in rounds, until the feed is empty: in a round each partition
 // with records has its own goroutine, in offset order within it, taking
 // the partition's next records from the feed as it finishes some. A round
-// ends when the pending rows reach MaxBatchRows or after roundTime; then
+// ends when the pending rows reach MaxBatchRows or after an eighth of
+// FlushInterval (so seals and idle advances are not held up); then
 // maybeFlush seals a batch if one is due (waiting for the writer if it is
 // behind) and the next round starts. Called with p.mu held.
 func (p *Processor) process(ctx context.Context, fd *feed) error {
