@@ -62,7 +62,7 @@ type Config struct {
 	MaxBatchRows    int             // windows + readings per WriteBatch, default 50000
 	// WindowsOnly stores window results without the raw readings: every
 	// raw reading costs about as much again to store as to aggregate, so on
-	// an embedded engine sharing the processor's cores this roughly triples
+	// an embedded engine sharing the processor's cores this roughly quadruples
 	// the rate (docs/benchmarks.md). Exactly-once holds either way.
 	WindowsOnly bool
 	// MaxOpenWindows caps the open windows (device × metric × size) over all

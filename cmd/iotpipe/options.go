@@ -92,7 +92,7 @@ func (o *options) addStorage(fs *flag.FlagSet, embedded bool) {
 func (o *options) addProcessor(fs *flag.FlagSet) {
 	fs.DurationVar(&o.lateness, "allowed-lateness", 5*time.Second, "how late (event time) a reading may arrive and still count")
 	fs.DurationVar(&o.idleTimeout, "idle-timeout", 10*time.Second, "after this long without records a partition's watermark follows the wall clock, closing its windows")
-	fs.BoolVar(&o.rawReadings, "raw-readings", true, "store every raw reading (table readings, kept --raw-retention) as well as the windows; false stores windows only, at about three times the rate on the embedded engine")
+	fs.BoolVar(&o.rawReadings, "raw-readings", true, "store every raw reading (table readings, kept --raw-retention) as well as the windows; false stores windows only, at about four times the rate on the embedded engine")
 	fs.StringVar(&o.group, "consumer-group", "iotpipe-processor", "Kafka consumer group of the processors")
 	fs.DurationVar(&o.sessionTimeout, "session-timeout", 45*time.Second, "how long the group waits for a processor that stopped heartbeating (crashed) before giving its partitions to another")
 }
