@@ -45,20 +45,10 @@ type Options struct {
 // NewCA returns a self-signed CA certificate.
 func NewCA(t testing.TB, name string) *Cert {
 	t.Helper()
-	key := newKey(t)
-	tmpl := &x509.Certificate{
-		SerialNumber:          serial(t),
-		Subject:               pkix.Name{CommonName: name},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(24 * time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
-	}
-	return sign(t, tmpl, key, nil)
+	return IssueCA(t, nil, name)
 }
 
-// IssueCA returns an intermediate CA signed by parent.
+// IssueCA returns an intermediate CA signed by parent (nil: self-signed).
 func IssueCA(t testing.TB, parent *Cert, name string) *Cert {
 	t.Helper()
 	tmpl := &x509.Certificate{
