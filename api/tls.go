@@ -3,22 +3,20 @@ package api
 import (
 	"crypto/tls"
 	"crypto/x509"
-	"errors"
 	"fmt"
 	"net/http"
 	"os"
 	"time"
+
+	"github.com/iotpipe/iotpipe/internal/servertls"
 )
 
 // serverTLS is the API's copy of Config.TLS: at least TLS 1.2, HTTP/1.1
 // and HTTP/2 offered.
 func serverTLS(c *tls.Config) (*tls.Config, error) {
-	if len(c.Certificates) == 0 && c.GetCertificate == nil && c.GetConfigForClient == nil {
-		return nil, errors.New("api: TLS has no server certificate")
-	}
-	c = c.Clone()
-	if c.MinVersion < tls.VersionTLS12 {
-		c.MinVersion = tls.VersionTLS12
+	c, err := servertls.Clone(c)
+	if err != nil {
+		return nil, fmt.Errorf("api: %w", err)
 	}
 	if len(c.NextProtos) == 0 {
 		c.NextProtos = []string{"h2", "http/1.1"}

@@ -17,6 +17,7 @@ import (
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/listeners"
 
+	"github.com/iotpipe/iotpipe/internal/servertls"
 	"github.com/iotpipe/iotpipe/registry"
 )
 
@@ -64,12 +65,9 @@ func (l deadlineListener) Accept() (net.Conn, error) {
 // and a device without a certificate may still log in with a JWT or token.
 // The handshake does prove the client holds the certificate's private key.
 func serverTLS(c *tls.Config) (*tls.Config, error) {
-	if len(c.Certificates) == 0 && c.GetCertificate == nil && c.GetConfigForClient == nil {
-		return nil, errors.New("broker: TLS has no server certificate")
-	}
-	c = c.Clone()
-	if c.MinVersion < tls.VersionTLS12 {
-		c.MinVersion = tls.VersionTLS12
+	c, err := servertls.Clone(c)
+	if err != nil {
+		return nil, fmt.Errorf("broker: %w", err)
 	}
 	c.ClientAuth = tls.RequestClientCert
 	c.NextProtos = nil // MQTT, and WebSocket over HTTP/1.1 only
