@@ -123,6 +123,19 @@ func (a agg) value(aggregate string) float64 {
 
 // buckets is the brute-force series of device/metric at step (epoch-aligned
 // buckets, as iotpipe's), ordered by time.
+// inProcess is a datasource instance of the fixture in this process,
+// disposed when the test ends.
+func (f *fixture) inProcess(t *testing.T) *Datasource {
+	t.Helper()
+	inst, err := NewDatasource(context.Background(), f.ds)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := inst.(*Datasource)
+	t.Cleanup(d.Dispose)
+	return d
+}
+
 func (f *fixture) buckets(device, metric string, step time.Duration) ([]time.Time, map[time.Time]agg) {
 	m := map[time.Time]agg{}
 	for _, r := range f.readings {
@@ -640,12 +653,7 @@ func checkStreamFrame(t *testing.T, fr *data.Frame, ch Channel, rs []reading) {
 // same frames as the plugin process answered over gRPC.
 func TestQueryInProcess(t *testing.T) {
 	f := getFixture(t)
-	inst, err := NewDatasource(context.Background(), f.ds)
-	if err != nil {
-		t.Fatal(err)
-	}
-	d := inst.(*Datasource)
-	defer d.Dispose()
+	d := f.inProcess(t)
 	var qs []backend.DataQuery
 	for i, dev := range []string{"dev-a", "dev-b", "dev-c", "*"} {
 		for j, typ := range []string{"timeseries", "summary"} {

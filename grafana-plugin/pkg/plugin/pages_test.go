@@ -12,12 +12,7 @@ import (
 // plugin's listing equals the fixture, with and without a label filter.
 func TestDevicesFollowsPages(t *testing.T) {
 	f := getFixture(t)
-	inst, err := NewDatasource(context.Background(), f.ds)
-	if err != nil {
-		t.Fatal(err)
-	}
-	d := inst.(*Datasource)
-	defer d.Dispose()
+	d := f.inProcess(t)
 	var all, siteA []string
 	for _, fd := range fixtureDevices {
 		all = append(all, fd.id)
