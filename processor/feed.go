@@ -33,19 +33,11 @@ func (fd *feed) add(p *Processor, fs kgo.Fetches) bool {
 	if fd.closed {
 		return false
 	}
-	known := true
-	fs.EachPartition(func(ft kgo.FetchTopicPartition) {
-		if ft.Topic == p.cfg.Topics.Telemetry && ft.Partition >= 0 && len(ft.Records) > 0 && p.parts[ft.Partition] == nil {
-			known = false
-		}
-	})
-	if !known {
+	if len(p.unknownPartitions(fs)) > 0 {
 		return false
 	}
 	fs.EachPartition(func(ft kgo.FetchTopicPartition) {
-		// A poll that ends by its deadline reports the context error
-		// as partition -1 of topic "": no partition to process.
-		if ft.Topic != p.cfg.Topics.Telemetry || ft.Partition < 0 || len(ft.Records) == 0 {
+		if !p.hasRecords(ft) {
 			return
 		}
 		fd.queued[ft.Partition] = append(fd.queued[ft.Partition],

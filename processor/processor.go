@@ -432,16 +432,28 @@ func (p *Processor) full() bool { return p.open.Load() >= int64(p.cfg.MaxOpenWin
 // restoring here keeps the exactly-once rule anyway. Called with p.mu held
 // and nothing processing.
 func (p *Processor) restoreUnknown(ctx context.Context, fs kgo.Fetches) error {
+	if ids := p.unknownPartitions(fs); len(ids) > 0 {
+		return p.restore(ctx, ids)
+	}
+	return nil
+}
+
+// unknownPartitions lists the partitions of fs with records that we have
+// no state for.
+func (p *Processor) unknownPartitions(fs kgo.Fetches) []int32 {
 	var ids []int32
 	fs.EachPartition(func(ft kgo.FetchTopicPartition) {
-		if ft.Topic == p.cfg.Topics.Telemetry && ft.Partition >= 0 && len(ft.Records) > 0 && p.parts[ft.Partition] == nil {
+		if p.hasRecords(ft) && p.parts[ft.Partition] == nil {
 			ids = append(ids, ft.Partition)
 		}
 	})
-	if len(ids) == 0 {
-		return nil
-	}
-	return p.restore(ctx, ids)
+	return ids
+}
+
+// hasRecords reports whether ft holds telemetry records. A poll that ends
+// by its deadline reports the context error as partition -1 of topic "".
+func (p *Processor) hasRecords(ft kgo.FetchTopicPartition) bool {
+	return ft.Topic == p.cfg.Topics.Telemetry && ft.Partition >= 0 && len(ft.Records) > 0
 }
 
 // process runs the feed's records through decoding and the partitions'
