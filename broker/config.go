@@ -135,7 +135,10 @@ func (h *configHook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []by
 
 // OnSessionEstablished picks up a config subscription a resumed session
 // (clean start off) brought along without a new SUBSCRIBE, and sends the
-// latest config, as it cannot know what the device got before.
+// latest config, as it cannot know what the device got before, unless
+// mochi has just resent it: a config still unacknowledged in the session
+// (ResendInflightMessages runs before this hook). Sending it again would
+// hand the device the same version twice.
 func (h *configHook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
 	dev, err := deviceFromClientID(cl.ID)
 	if err != nil {
@@ -148,6 +151,13 @@ func (h *configHook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
 	}
 	s := &configSub{cl: cl, dev: dev, topic: topic, qos: min(sub.Qos, 1)}
 	h.mu.Lock()
+	for id, v := range h.ids[cl.ID] {
+		// Only what the new connection's store holds was resent: a
+		// delivery racing the takeover may have landed in the old one.
+		if pk, ok := cl.State.Inflight.Get(id); ok && pk.TopicName == topic && v > s.last {
+			s.last = v
+		}
+	}
 	h.subs[dev] = append(slices.DeleteFunc(h.subs[dev], func(o *configSub) bool { return o.cl == cl }), s)
 	h.mu.Unlock()
 	h.deliver(s)
@@ -311,7 +321,16 @@ func (h *configHook) OnQosPublish(cl *mqtt.Client, pk packets.Packet, _ int64, _
 	h.forget(cl.ID, pk.PacketID)
 }
 
-func (h *configHook) OnQosDropped(cl *mqtt.Client, pk packets.Packet) { h.forget(cl.ID, pk.PacketID) }
+// OnQosDropped: an expired config is no longer in flight. A session taken
+// over by a new connection clears its old connection's store after cloning
+// it into the new one's: those packets are still in flight under the same
+// client id, and their PUBACKs must still find their versions.
+func (h *configHook) OnQosDropped(cl *mqtt.Client, pk packets.Packet) {
+	if cl.IsTakenOver() {
+		return
+	}
+	h.forget(cl.ID, pk.PacketID)
+}
 
 func (h *configHook) forget(client string, id uint16) (int64, bool) {
 	h.mu.Lock()

@@ -229,11 +229,16 @@ func TestConfigDeliveryResumedSession(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got := make(chan string, 16)
+	// Each connection has its own channel: the broker may deliver a new
+	// version to the old connection before it reads the DISCONNECT, and
+	// Paho hands that to the handler even after Disconnect returned.
+	var got chan string
 	connect := func(subscribe bool) pahov3.Client {
+		mine := make(chan string, 16)
+		got = mine
 		opts := pahov3.NewClientOptions().AddBroker("tcp://" + e.b.Addr()).SetClientID("cfg-keep").
 			SetUsername("unused").SetPassword(tok).SetProtocolVersion(4).SetCleanSession(false).SetAutoReconnect(false).
-			SetDefaultPublishHandler(func(_ pahov3.Client, m pahov3.Message) { got <- string(m.Payload()) })
+			SetDefaultPublishHandler(func(_ pahov3.Client, m pahov3.Message) { mine <- string(m.Payload()) })
 		c := pahov3.NewClient(opts)
 		if ct := c.Connect(); !ct.WaitTimeout(10*time.Second) || ct.Error() != nil {
 			t.Fatalf("connect: %v", ct.Error())
@@ -271,6 +276,71 @@ func TestConfigDeliveryResumedSession(t *testing.T) {
 		t.Fatal(err)
 	}
 	next("while resumed")
+}
+
+// A config still unacknowledged when the device went away reaches the
+// resumed session once: mochi resends it (DUP set) and the broker does not
+// send the same version again; a newer version follows as usual.
+func TestConfigResentOnceOnResume(t *testing.T) {
+	e := newJWTEnv(t, 0)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	_, tok, err := e.reg.Create(ctx, registry.Spec{ID: "cfg-resend"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dial := func() *raw {
+		pk := connectPacket(3, "cfg-resend", tok)
+		pk.Connect.Clean = false
+		c, ack := dialRawConnect(t, e.b.Addr(), pk)
+		if ack.ReasonCode != 0 {
+			t.Fatalf("CONNACK %#x", ack.ReasonCode)
+		}
+		return c
+	}
+	c := dial()
+	subscribeRaw(c, 1, "/devices/cfg-resend/config", 1)
+	expectPacket(t, c, packets.Suback)
+	first := expectPacket(t, c, packets.Publish)
+	writePuback(t, c, first.PacketID)
+	eventually(t, "ack of version 1", func() bool { return !cfgOf(t, e.reg, "cfg-resend").DeviceAckTime.IsZero() })
+	if _, err := e.reg.SetConfig(ctx, "cfg-resend", []byte("unacked"), 0); err != nil {
+		t.Fatal(err)
+	}
+	if pk := expectPacket(t, c, packets.Publish); string(pk.Payload) != "unacked" {
+		t.Fatalf("config %q, want %q", pk.Payload, "unacked")
+	}
+	c.conn.Close() // gone without acknowledging it
+
+	c = dial()
+	resent := expectPacket(t, c, packets.Publish)
+	if string(resent.Payload) != "unacked" || !resent.FixedHeader.Dup {
+		t.Fatalf("resent config %q dup %v, want %q with DUP", resent.Payload, resent.FixedHeader.Dup, "unacked")
+	}
+	if _, err := e.reg.SetConfig(ctx, "cfg-resend", []byte("newer"), 0); err != nil {
+		t.Fatal(err)
+	}
+	newer := expectPacket(t, c, packets.Publish)
+	if string(newer.Payload) != "newer" {
+		t.Fatalf("config after the resend %q, want %q (the resent version twice?)", newer.Payload, "newer")
+	}
+	// The resent packet's PUBACK still records its version's ack: the
+	// takeover moved it to the new connection, it was not dropped.
+	writePuback(t, c, resent.PacketID)
+	eventually(t, "ack of the resent version 2", func() bool {
+		d, err := e.reg.Get("cfg-resend")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, v := range d.ConfigVersions() {
+			if v.Version == 2 {
+				return !v.DeviceAckTime.IsZero()
+			}
+		}
+		return false
+	})
+	writePuback(t, c, newer.PacketID)
+	eventually(t, "ack of version 3", func() bool { return !cfgOf(t, e.reg, "cfg-resend").DeviceAckTime.IsZero() })
 }
 
 // An MQTT 5 device that allows one unacknowledged message (Receive Maximum

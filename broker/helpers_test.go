@@ -189,24 +189,27 @@ type raw struct {
 
 func dialRaw(t testing.TB, addr string, v byte, clientID, password string, props *packets.Properties) (*raw, packets.Packet) {
 	t.Helper()
+	pk := connectPacket(v, clientID, password)
+	pk.Connect.Username, pk.Connect.UsernameFlag = []byte("ignored"), true
+	if props != nil {
+		pk.Properties = *props
+	}
+	return dialRawConnect(t, addr, pk)
+}
+
+// dialRawConnect connects a raw client with the CONNECT packet pk.
+func dialRawConnect(t testing.TB, addr string, pk packets.Packet) (*raw, packets.Packet) {
+	t.Helper()
 	conn, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
+	v := pk.ProtocolVersion
+	if v == 4 {
+		v = 3
+	}
 	c := &raw{t: t, conn: conn, r: bufio.NewReader(conn), v: v}
-	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}, ProtocolVersion: v,
-		Connect: packets.ConnectParams{ProtocolName: []byte("MQTT"), ClientIdentifier: clientID, Clean: true,
-			Keepalive: 60, Username: []byte("ignored"), UsernameFlag: true}}
-	if v == 3 {
-		pk.ProtocolVersion = 4 // 3.1.1 is protocol level 4
-	}
-	if password != "" {
-		pk.Connect.Password, pk.Connect.PasswordFlag = []byte(password), true
-	}
-	if props != nil {
-		pk.Properties = *props
-	}
 	c.write(pk)
 	ack, err := c.read()
 	if err != nil {
