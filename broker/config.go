@@ -135,10 +135,11 @@ func (h *configHook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []by
 
 // OnSessionEstablished picks up a config subscription a resumed session
 // (clean start off) brought along without a new SUBSCRIBE, and sends the
-// latest config, as it cannot know what the device got before, unless
-// mochi has just resent it: a config still unacknowledged in the session
-// (ResendInflightMessages runs before this hook). Sending it again would
-// hand the device the same version twice.
+// latest config unless the device has it: the registry records that it
+// acknowledged that version, or mochi has just resent it (a config still
+// unacknowledged in the session; ResendInflightMessages runs before this
+// hook). An acknowledgement not yet recorded sends the version once more,
+// which QoS 1 allows.
 func (h *configHook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
 	dev, err := deviceFromClientID(cl.ID)
 	if err != nil {
@@ -150,6 +151,11 @@ func (h *configHook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
 		return
 	}
 	s := &configSub{cl: cl, dev: dev, topic: topic, qos: min(sub.Qos, 1)}
+	if d, err := h.src.Get(dev); err == nil {
+		if c := d.DeviceConfig(); !c.DeviceAckTime.IsZero() {
+			s.last = c.Version
+		}
+	}
 	h.mu.Lock()
 	for id, v := range h.ids[cl.ID] {
 		// Only what the new connection's store holds was resent: a

@@ -265,7 +265,13 @@ func TestConfigDeliveryResumedSession(t *testing.T) {
 	next("")
 	// Acknowledged before leaving, or the resumed session would resend it.
 	eventually(t, "ack of version 1", func() bool { return !cfgOf(t, e.reg, "cfg-keep").DeviceAckTime.IsZero() })
-	c.Disconnect(0)
+	c.Disconnect(250)
+	// Written once the broker has let the connection go, so that the
+	// version is surely not delivered (and acknowledged) on it.
+	eventually(t, "the broker let the first connection go", func() bool {
+		cl, ok := e.b.srv.Clients.Get("cfg-keep")
+		return ok && cl.Closed()
+	})
 	if _, err := e.reg.SetConfig(ctx, "cfg-keep", []byte("while away"), 0); err != nil {
 		t.Fatal(err)
 	}
@@ -280,7 +286,9 @@ func TestConfigDeliveryResumedSession(t *testing.T) {
 
 // A config still unacknowledged when the device went away reaches the
 // resumed session once: mochi resends it (DUP set) and the broker does not
-// send the same version again; a newer version follows as usual.
+// send the same version again; a newer version follows as usual. A session
+// resumed after the device acknowledged the latest version gets nothing
+// until the next one.
 func TestConfigResentOnceOnResume(t *testing.T) {
 	e := newJWTEnv(t, 0)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -341,6 +349,17 @@ func TestConfigResentOnceOnResume(t *testing.T) {
 	})
 	writePuback(t, c, newer.PacketID)
 	eventually(t, "ack of version 3", func() bool { return !cfgOf(t, e.reg, "cfg-resend").DeviceAckTime.IsZero() })
+	c.conn.Close()
+
+	// Resumed again with everything acknowledged: the device has the
+	// latest version, so the next message is the next version.
+	c = dial()
+	if _, err := e.reg.SetConfig(ctx, "cfg-resend", []byte("after ack"), 0); err != nil {
+		t.Fatal(err)
+	}
+	if pk := expectPacket(t, c, packets.Publish); string(pk.Payload) != "after ack" {
+		t.Fatalf("config on a resumed session %q, want %q (an acknowledged version again?)", pk.Payload, "after ack")
+	}
 }
 
 // An MQTT 5 device that allows one unacknowledged message (Receive Maximum
