@@ -55,6 +55,24 @@ func TestValidateWindowSizes(t *testing.T) {
 	}
 }
 
+func TestProcessorDurationsMustBePositive(t *testing.T) {
+	for _, c := range []struct {
+		flag string
+		set  func(*options)
+	}{
+		{"--session-timeout", func(o *options) { o.sessionTimeout = 0 }},
+		{"--flush-interval", func(o *options) { o.flushInterval = 0 }},
+		{"--flush-interval", func(o *options) { o.flushInterval = -time.Second }},
+	} {
+		o := defaultOptions()
+		o.sessionTimeout, o.flushInterval = 45*time.Second, time.Second
+		c.set(o)
+		if _, err := (&env{o: o}).newProcessor(nil); err == nil || !strings.Contains(err.Error(), c.flag) {
+			t.Errorf("err = %v, want one naming %s", err, c.flag)
+		}
+	}
+}
+
 func TestExitCodes(t *testing.T) {
 	cases := []struct {
 		args []string

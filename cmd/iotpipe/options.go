@@ -39,6 +39,7 @@ type options struct {
 	// for a new owner; the broker's group.min/max.session.timeout.ms apply.
 	sessionTimeout time.Duration
 	rawReadings    bool
+	flushInterval  time.Duration
 
 	mqttAddr    string
 	maxPayload  int
@@ -92,6 +93,7 @@ func (o *options) addStorage(fs *flag.FlagSet, embedded bool) {
 func (o *options) addProcessor(fs *flag.FlagSet) {
 	fs.DurationVar(&o.lateness, "allowed-lateness", 5*time.Second, "how late (event time) a reading may arrive and still count")
 	fs.DurationVar(&o.idleTimeout, "idle-timeout", 10*time.Second, "after this long without records a partition's watermark follows the wall clock, closing its windows")
+	fs.DurationVar(&o.flushInterval, "flush-interval", time.Second, "how long rows wait to be stored; a window is stored within a quarter of it after it closed. Longer: fewer, larger inserts (cheaper for ClickHouse), staler dashboards")
 	fs.BoolVar(&o.rawReadings, "raw-readings", true, "store every raw reading (table readings, kept --raw-retention) as well as the windows; false stores windows only, at about four times the rate on the embedded engine")
 	fs.StringVar(&o.group, "consumer-group", "iotpipe-processor", "Kafka consumer group of the processors")
 	fs.DurationVar(&o.sessionTimeout, "session-timeout", 45*time.Second, "how long the group waits for a processor that stopped heartbeating (crashed) before giving its partitions to another")

@@ -188,12 +188,15 @@ func (e *env) newProcessor(st *storage.Store) (*processor.Processor, error) {
 	if e.o.sessionTimeout <= 0 {
 		return nil, fmt.Errorf("--session-timeout %v must be positive", e.o.sessionTimeout)
 	}
+	if e.o.flushInterval <= 0 {
+		return nil, fmt.Errorf("--flush-interval %v must be positive", e.o.flushInterval)
+	}
 	return processor.New(processor.Config{
 		Kafka:  append(slices.Clone(e.kafka), kgo.SessionTimeout(e.o.sessionTimeout)),
 		Topics: e.topics, Group: e.o.group, WindowSizes: e.o.windowSizes,
 		AllowedLateness: e.o.lateness, IdleTimeout: e.o.idleTimeout, Sink: st,
-		WindowsOnly: !e.o.rawReadings,
-		Logger:      e.log, Metrics: e.metrics,
+		WindowsOnly: !e.o.rawReadings, FlushInterval: e.o.flushInterval,
+		Logger: e.log, Metrics: e.metrics,
 	})
 }
 
