@@ -12,9 +12,9 @@ import (
 )
 
 // BenchmarkHandle is the processor's per-record work on one partition —
-// headers, decoding, the window engine (10 s and 1 min) and the readings
-// rows — without Kafka and storage: records as BenchmarkProcessor produces
-// them, 1,000 devices, 2 readings each.
+// headers, decoding, the window engine (10 s and 1 min) and, unless
+// windows-only, the readings rows — without Kafka and storage: records as
+// BenchmarkProcessor produces them, 1,000 devices, 2 readings each.
 //
 //	go test -run '^$' -bench Handle ./processor
 func BenchmarkHandle(b *testing.B) {
@@ -30,26 +30,30 @@ func BenchmarkHandle(b *testing.B) {
 				{Key: bus.HeaderTopic, Value: []byte("/devices/" + dev + "/events")},
 				{Key: bus.HeaderReceivedAt, Value: bus.FormatMillis(at)}}}
 	}
-	p := &Processor{m: newMetrics()}
-	wcfg := window.Config{Sizes: sizes, AllowedLateness: 5 * time.Second, IdleTimeout: time.Hour}
-	b.ReportAllocs()
-	rows := 0
-	for b.Loop() {
-		part := newPartition(wcfg, time.Now())
-		var err error
-		if part.eng, err = window.New(part.wcfg, window.Checkpoint{Offset: -1, Next: -1}); err != nil {
-			b.Fatal(err)
-		}
-		for _, r := range recs {
-			rows += p.handle(part, r)
-			if len(part.readings) > 50_000 {
-				part.readings, part.windows = part.readings[:0], part.windows[:0]
+	for _, windowsOnly := range []bool{false, true} {
+		b.Run(fmt.Sprint("windows-only=", windowsOnly), func(b *testing.B) {
+			p := &Processor{m: newMetrics(), cfg: Config{WindowsOnly: windowsOnly}}
+			wcfg := window.Config{Sizes: sizes, AllowedLateness: 5 * time.Second, IdleTimeout: time.Hour}
+			b.ReportAllocs()
+			rows := 0
+			for b.Loop() {
+				part := newPartition(wcfg, time.Now())
+				var err error
+				if part.eng, err = window.New(part.wcfg, window.Checkpoint{Offset: -1, Next: -1}); err != nil {
+					b.Fatal(err)
+				}
+				for _, r := range recs {
+					rows += p.handle(part, r)
+					if len(part.readings)+len(part.windows) > 50_000 {
+						part.readings, part.windows = part.readings[:0], part.windows[:0]
+					}
+				}
 			}
-		}
+			if rows == 0 {
+				b.Fatal("no rows")
+			}
+			b.ReportMetric(float64(b.N*n)/b.Elapsed().Seconds(), "records/s")
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*n), "ns/record")
+		})
 	}
-	if rows == 0 {
-		b.Fatal("no rows")
-	}
-	b.ReportMetric(float64(b.N*n)/b.Elapsed().Seconds(), "records/s")
-	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*n), "ns/record")
 }
