@@ -62,6 +62,8 @@ export interface IotpipeDataSourceOptions extends DataSourceJsonData {
 /** Datasource secrets (secureJsonData); never sent back to the browser once saved. */
 export interface IotpipeSecureJsonData {
   token?: string;
+  /** PEM of the CA that signed the iotpipe API's certificate (https with a private CA); the name Grafana's HTTP datasources use. */
+  tlsCACert?: string;
 }
 
 /** A device as the `devices` resource returns it. */

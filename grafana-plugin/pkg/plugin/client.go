@@ -2,6 +2,7 @@ package plugin
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -37,7 +38,7 @@ const devicePageSize = 1000
 // most max_points points, far below this.
 const maxResponseBytes = 64 << 20
 
-func newAPIClient(base *url.URL, token string, maxInFlight int) *apiClient {
+func newAPIClient(s Settings, maxInFlight int) *apiClient {
 	tr := &http.Transport{
 		Proxy:                 http.ProxyFromEnvironment,
 		DialContext:           (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
@@ -46,9 +47,12 @@ func newAPIClient(base *url.URL, token string, maxInFlight int) *apiClient {
 		IdleConnTimeout:       90 * time.Second,
 		MaxIdleConnsPerHost:   maxInFlight,
 	}
+	if s.RootCAs != nil {
+		tr.TLSClientConfig = &tls.Config{RootCAs: s.RootCAs, MinVersion: tls.VersionTLS12}
+	}
 	return &apiClient{
-		base:  base,
-		token: token,
+		base:  s.URL,
+		token: s.Token,
 		// The overall timeout backs up Grafana's own request deadline, which
 		// arrives through the context.
 		http:     &http.Client{Transport: tr, Timeout: 90 * time.Second},

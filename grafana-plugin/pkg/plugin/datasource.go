@@ -13,6 +13,7 @@ package plugin
 
 import (
 	"context"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -50,10 +51,14 @@ const (
 type Settings struct {
 	URL   *url.URL
 	Token string
+	// RootCAs, when set, are the only CAs trusted for an https URL: the
+	// iotpipe API's certificate from a private CA (secureJsonData.tlsCACert,
+	// PEM, the name Grafana's own HTTP datasources use).
+	RootCAs *x509.CertPool
 }
 
-// ParseSettings reads jsonData.url (or the instance URL when it is empty)
-// and secureJsonData.token.
+// ParseSettings reads jsonData.url (or the instance URL when it is empty),
+// secureJsonData.token and the optional secureJsonData.tlsCACert.
 func ParseSettings(s backend.DataSourceInstanceSettings) (Settings, error) {
 	var jd struct {
 		URL string `json:"url"`
@@ -87,7 +92,17 @@ func ParseSettings(s backend.DataSourceInstanceSettings) (Settings, error) {
 	if tok == "" {
 		return Settings{}, errors.New("the API token is not set (secureJsonData.token: a read-only or admin token)")
 	}
-	return Settings{URL: u, Token: tok}, nil
+	set := Settings{URL: u, Token: tok}
+	if ca := strings.TrimSpace(s.DecryptedSecureJSONData["tlsCACert"]); ca != "" {
+		if u.Scheme != "https" {
+			return Settings{}, fmt.Errorf("a CA certificate is set but the iotpipe API URL %q is not https", raw)
+		}
+		set.RootCAs = x509.NewCertPool()
+		if !set.RootCAs.AppendCertsFromPEM([]byte(ca)) {
+			return Settings{}, errors.New("the CA certificate (secureJsonData.tlsCACert) holds no PEM certificate")
+		}
+	}
+	return set, nil
 }
 
 // Datasource is one configured iotpipe datasource.
@@ -128,7 +143,7 @@ func newDatasource(s backend.DataSourceInstanceSettings) *Datasource {
 	}
 	d.settings, d.settingsErr = ParseSettings(s)
 	if d.settingsErr == nil {
-		d.api = newAPIClient(d.settings.URL, d.settings.Token, apiMaxInFlight)
+		d.api = newAPIClient(d.settings, apiMaxInFlight)
 	}
 	return d
 }
@@ -205,6 +220,10 @@ func healthMessage(err error) string {
 			// A URL that is not iotpipe's API root, or an iotpipe from before the plugin.
 			return err.Error() + " (is the URL the iotpipe API root, e.g. http://iotpipe:8080, and iotpipe recent enough to serve /api/v1/info?)"
 		}
+	}
+	var unknownCA x509.UnknownAuthorityError
+	if errors.As(err, &unknownCA) {
+		return err.Error() + " (set the CA certificate that signed the iotpipe API's certificate in the datasource's TLS settings)"
 	}
 	return err.Error()
 }

@@ -3,6 +3,7 @@ package plugin
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -149,6 +150,7 @@ func tail(s string, n int) string {
 // pipeline is one `iotpipe run` process.
 type pipeline struct {
 	url        string
+	client     *http.Client // trusts the API's CA when it serves TLS
 	mqttAddr   string
 	adminToken string
 	readToken  string
@@ -161,6 +163,13 @@ type pipeline struct {
 // timeout and lateness let windows of past readings close within seconds;
 // extra flags override the defaults.
 func startPipeline(tb testing.TB, extra ...string) (*pipeline, error) {
+	return startPipelineTLS(tb, nil, extra...)
+}
+
+// startPipelineTLS is startPipeline for an API served over TLS (extra gives
+// its certificate flags) when clientTLS is not nil: the harness's own calls
+// use clientTLS.
+func startPipelineTLS(tb testing.TB, clientTLS *tls.Config, extra ...string) (*pipeline, error) {
 	dataDir, err := os.MkdirTemp("", "iotpipe-plugin-data")
 	if err != nil {
 		return nil, err
@@ -173,7 +182,11 @@ func startPipeline(tb testing.TB, extra ...string) (*pipeline, error) {
 		exited:     make(chan error, 1),
 	}
 	httpAddr := fmt.Sprintf("127.0.0.1:%d", freePort(tb))
-	p.url = "http://" + httpAddr
+	p.url, p.client = "http://"+httpAddr, http.DefaultClient
+	if clientTLS != nil {
+		p.url = "https://" + httpAddr
+		p.client = &http.Client{Transport: &http.Transport{TLSClientConfig: clientTLS}}
+	}
 	args := []string{"run", "--data-dir", dataDir, "--log-format", "json", "--log-level", "info",
 		"--mqtt-addr", p.mqttAddr, "--http-addr", httpAddr,
 		"--embedded-kafka-addr", fmt.Sprintf("127.0.0.1:%d", freePort(tb)),
@@ -200,7 +213,7 @@ func startPipeline(tb testing.TB, extra ...string) (*pipeline, error) {
 			return nil, fmt.Errorf("iotpipe run exited before ready: %v\n%s", err, tail(p.logs.String(), 40))
 		default:
 		}
-		resp, err := http.Get(p.url + "/readyz")
+		resp, err := p.client.Get(p.url + "/readyz")
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
@@ -233,7 +246,7 @@ func (p *pipeline) call(method, path string, q url.Values, body, out any) error 
 		return err
 	}
 	req.Header.Set("Authorization", "Bearer "+p.adminToken)
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := p.client.Do(req)
 	if err != nil {
 		return fmt.Errorf("%s %s: %w", method, path, err)
 	}
@@ -247,7 +260,7 @@ func (p *pipeline) call(method, path string, q url.Values, body, out any) error 
 
 // metrics returns iotpipe's own counters, for failure messages.
 func (p *pipeline) metrics() string {
-	resp, err := http.Get(p.url + "/metrics")
+	resp, err := p.client.Get(p.url + "/metrics")
 	if err != nil {
 		return err.Error()
 	}

@@ -75,6 +75,31 @@ describe('ConfigEditor', () => {
     expect(next.secureJsonData).toEqual({ token: '' });
   });
 
+  it('sends a CA certificate only in secureJsonData and keeps the token', () => {
+    const onOptionsChange = jest.fn();
+    render(<ConfigEditor options={settings({ secureJsonData: { token: 't' } })} onOptionsChange={onOptionsChange} />);
+
+    const pem = '-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----';
+    fireEvent.change(screen.getByLabelText(/CA certificate/), { target: { value: pem } });
+
+    const next: Settings = onOptionsChange.mock.calls[0][0];
+    expect(next.secureJsonData).toEqual({ token: 't', tlsCACert: pem });
+    expect(JSON.stringify(next.jsonData)).not.toContain('BEGIN CERTIFICATE');
+  });
+
+  it('shows a saved CA certificate as configured and resets it', () => {
+    const onOptionsChange = jest.fn();
+    render(<ConfigEditor options={settings({ secureJsonFields: { tlsCACert: true } })} onOptionsChange={onOptionsChange} />);
+
+    const buttons = screen.getAllByRole('button', { name: /reset/i });
+    expect(buttons).toHaveLength(1); // the token is not configured: only the CA's reset
+    fireEvent.click(buttons[0]);
+
+    const next: Settings = onOptionsChange.mock.calls[0][0];
+    expect(next.secureJsonFields.tlsCACert).toBe(false);
+    expect(next.secureJsonData).toEqual({ tlsCACert: '' });
+  });
+
   it('explains a URL that includes /api', () => {
     render(
       <ConfigEditor options={settings({ jsonData: { url: 'http://iotpipe:8080/api' } })} onOptionsChange={jest.fn()} />

@@ -1,6 +1,6 @@
 import React, { ChangeEvent } from 'react';
 import { DataSourcePluginOptionsEditorProps } from '@grafana/data';
-import { Field, FieldSet, Input, SecretInput } from '@grafana/ui';
+import { Field, FieldSet, Input, SecretInput, SecretTextArea } from '@grafana/ui';
 
 import { IotpipeDataSourceOptions, IotpipeSecureJsonData } from '../types';
 
@@ -44,6 +44,20 @@ export function ConfigEditor({ options, onOptionsChange }: Props) {
     });
   };
 
+  const caConfigured = Boolean(options.secureJsonFields?.tlsCACert);
+
+  const onCAChange = (event: ChangeEvent<HTMLTextAreaElement>) => {
+    onOptionsChange({ ...options, secureJsonData: { ...secureJsonData, tlsCACert: event.target.value } });
+  };
+
+  const onCAReset = () => {
+    onOptionsChange({
+      ...options,
+      secureJsonFields: { ...options.secureJsonFields, tlsCACert: false },
+      secureJsonData: { ...secureJsonData, tlsCACert: '' },
+    });
+  };
+
   return (
     <FieldSet label="iotpipe API">
       <Field
@@ -73,6 +87,21 @@ export function ConfigEditor({ options, onOptionsChange }: Props) {
           onChange={onTokenChange}
           onReset={onTokenReset}
           width={48}
+        />
+      </Field>
+      <Field
+        label="CA certificate"
+        description="Only for an https URL whose certificate a private CA signed: that CA's certificate (PEM). Empty trusts the system's CAs."
+      >
+        <SecretTextArea
+          id="iotpipe-config-ca"
+          isConfigured={caConfigured}
+          value={secureJsonData.tlsCACert ?? ''}
+          placeholder="-----BEGIN CERTIFICATE-----"
+          onChange={onCAChange}
+          onReset={onCAReset}
+          rows={5}
+          cols={64}
         />
       </Field>
     </FieldSet>
