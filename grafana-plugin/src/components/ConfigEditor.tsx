@@ -1,4 +1,4 @@
-import React, { ChangeEvent } from 'react';
+import React, { ChangeEvent, FormEvent } from 'react';
 import { DataSourcePluginOptionsEditorProps } from '@grafana/data';
 import { Field, FieldSet, Input, SecretInput, SecretTextArea } from '@grafana/ui';
 
@@ -24,7 +24,6 @@ export function urlProblem(url: string): string | undefined {
 export function ConfigEditor({ options, onOptionsChange }: Props) {
   const jsonData = options.jsonData ?? {};
   const secureJsonData = (options.secureJsonData ?? {}) as IotpipeSecureJsonData;
-  const tokenConfigured = Boolean(options.secureJsonFields?.token);
   const url = jsonData.url ?? '';
   const problem = urlProblem(url);
 
@@ -32,29 +31,16 @@ export function ConfigEditor({ options, onOptionsChange }: Props) {
     onOptionsChange({ ...options, jsonData: { ...jsonData, url: event.target.value } });
   };
 
-  const onTokenChange = (event: ChangeEvent<HTMLInputElement>) => {
-    onOptionsChange({ ...options, secureJsonData: { ...secureJsonData, token: event.target.value } });
+  type SecretEvent = FormEvent<HTMLInputElement | HTMLTextAreaElement>;
+  const setSecret = (key: keyof IotpipeSecureJsonData) => (event: SecretEvent) => {
+    onOptionsChange({ ...options, secureJsonData: { ...secureJsonData, [key]: event.currentTarget.value } });
   };
 
-  const onTokenReset = () => {
+  const resetSecret = (key: keyof IotpipeSecureJsonData) => () => {
     onOptionsChange({
       ...options,
-      secureJsonFields: { ...options.secureJsonFields, token: false },
-      secureJsonData: { ...secureJsonData, token: '' },
-    });
-  };
-
-  const caConfigured = Boolean(options.secureJsonFields?.tlsCACert);
-
-  const onCAChange = (event: ChangeEvent<HTMLTextAreaElement>) => {
-    onOptionsChange({ ...options, secureJsonData: { ...secureJsonData, tlsCACert: event.target.value } });
-  };
-
-  const onCAReset = () => {
-    onOptionsChange({
-      ...options,
-      secureJsonFields: { ...options.secureJsonFields, tlsCACert: false },
-      secureJsonData: { ...secureJsonData, tlsCACert: '' },
+      secureJsonFields: { ...options.secureJsonFields, [key]: false },
+      secureJsonData: { ...secureJsonData, [key]: '' },
     });
   };
 
@@ -81,11 +67,11 @@ export function ConfigEditor({ options, onOptionsChange }: Props) {
       >
         <SecretInput
           id="iotpipe-config-token"
-          isConfigured={tokenConfigured}
+          isConfigured={Boolean(options.secureJsonFields?.token)}
           value={secureJsonData.token ?? ''}
           placeholder="read-only API token"
-          onChange={onTokenChange}
-          onReset={onTokenReset}
+          onChange={setSecret('token')}
+          onReset={resetSecret('token')}
           width={48}
         />
       </Field>
@@ -95,11 +81,11 @@ export function ConfigEditor({ options, onOptionsChange }: Props) {
       >
         <SecretTextArea
           id="iotpipe-config-ca"
-          isConfigured={caConfigured}
+          isConfigured={Boolean(options.secureJsonFields?.tlsCACert)}
           value={secureJsonData.tlsCACert ?? ''}
           placeholder="-----BEGIN CERTIFICATE-----"
-          onChange={onCAChange}
-          onReset={onCAReset}
+          onChange={setSecret('tlsCACert')}
+          onReset={resetSecret('tlsCACert')}
           rows={5}
           cols={64}
         />
