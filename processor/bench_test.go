@@ -214,7 +214,7 @@ func BenchmarkProcessor(b *testing.B) {
 		if os.Getenv("CHDB_LIB_PATH") == "" {
 			b.Skip("SKIP: CHDB_LIB_PATH is not set (export CHDB_LIB_PATH=$(scripts/chdb.sh))")
 		}
-		st, err := sharedStore()
+		st, err := testStore(b)
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -393,7 +393,7 @@ func runOutage(t *testing.T, idle, down time.Duration) {
 		t.Log("CHDB_LIB_PATH is not set: the outage sink wraps an in-memory sink, not storage.Store (export CHDB_LIB_PATH=$(scripts/chdb.sh))")
 		sink.inner = &memSink{ws: map[string]storage.Window{}}
 	} else {
-		st, err := sharedStore()
+		st, err := testStore(t)
 		if err != nil {
 			t.Fatalf("open storage: %v", err)
 		}

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -33,8 +34,8 @@ func TestMain(m *testing.M) {
 		defer os.RemoveAll(dir)
 		chdbDir = dir
 		defer func() {
-			if store != nil {
-				store.Close()
+			if anchor != nil {
+				anchor.Close()
 			}
 		}()
 		return m.Run()
@@ -114,20 +115,32 @@ func (m *memSink) WriteBatch(_ context.Context, ws []storage.Window, _ []storage
 	return nil
 }
 
-// The chDB session is opened once per process and kept: reopening it after
-// the last Store closed crashed libchdb here. Tests use distinct devices.
+// The chDB session is opened once per process and kept open by an anchor
+// Store: reopening it after the last Store closed crashed libchdb here.
 var (
-	storeOnce sync.Once
-	store     *storage.Store
-	storeErr  error
+	anchorOnce sync.Once
+	anchor     *storage.Store
+	anchorErr  error
+	storeSeq   atomic.Int64
 )
 
-func sharedStore() (*storage.Store, error) {
-	storeOnce.Do(func() {
-		store, storeErr = storage.Open(context.Background(), storage.Config{Path: chdbDir,
+// testStore opens a Store on a database of its own, closed when tb ends,
+// so a test starts from empty tables also when repeated (-count).
+func testStore(tb testing.TB) (*storage.Store, error) {
+	anchorOnce.Do(func() {
+		anchor, anchorErr = storage.Open(context.Background(), storage.Config{Path: chdbDir,
 			Database: fmt.Sprintf("processor_test_%d", os.Getpid()), WindowSizes: sizes, Logger: zerolog.Nop()})
 	})
-	return store, storeErr
+	if anchorErr != nil {
+		return nil, anchorErr
+	}
+	st, err := storage.Open(context.Background(), storage.Config{Path: chdbDir,
+		Database: fmt.Sprintf("processor_test_%d_%d", os.Getpid(), storeSeq.Add(1)), WindowSizes: sizes, Logger: zerolog.Nop()})
+	if err != nil {
+		return nil, err
+	}
+	tb.Cleanup(func() { _ = st.Close() })
+	return st, nil
 }
 
 type lookupFn func(device, metric string, size time.Duration) map[time.Time]agg
@@ -153,7 +166,7 @@ func newSink(t *testing.T) (*countingSink, lookupFn) {
 			return out
 		}
 	}
-	st, err := sharedStore()
+	st, err := testStore(t)
 	if err != nil {
 		t.Fatalf("open storage: %v", err)
 	}
