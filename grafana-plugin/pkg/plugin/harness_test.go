@@ -18,6 +18,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -454,8 +455,15 @@ func startPlugin(tb testing.TB) (*pluginProc, error) {
 	return pp, nil
 }
 
-// dsSettings is a datasource as Grafana would configure it.
+// runSeq makes names unique within the test process, so a test repeated
+// with -count meets nothing a previous run left.
+var runSeq atomic.Int64
+
+// dsSettings is a datasource as Grafana would configure it. Its UID gets a
+// unique suffix: the plugin process keeps an instance per UID (and update
+// time), which a repeated test must not inherit with other settings.
 func dsSettings(uid, apiURL, token string) backend.DataSourceInstanceSettings {
+	uid = fmt.Sprintf("%s-%d", uid, runSeq.Add(1))
 	return backend.DataSourceInstanceSettings{
 		UID: uid, Name: uid, Type: PluginID, JSONData: []byte(fmt.Sprintf(`{"url":%q}`, apiURL)),
 		DecryptedSecureJSONData: map[string]string{"token": token}, Updated: time.Unix(1700000000, 0),

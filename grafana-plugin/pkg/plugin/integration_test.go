@@ -531,7 +531,10 @@ func TestStream(t *testing.T) {
 	f := getFixture(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	ch := Channel{Device: "dev-live", Metric: "temperature", WindowSeconds: 10, Aggregates: []string{"mean", "max", "count"}}
+	// A metric of this run's own: a repeated run (-count) must not find the
+	// previous run's windows in the stream's history.
+	metric := fmt.Sprintf("temperature_run%d", runSeq.Add(1))
+	ch := Channel{Device: "dev-live", Metric: metric, WindowSeconds: 10, Aggregates: []string{"mean", "max", "count"}}
 	path := FormatChannel(ch)
 	pc := backend.ToProto().PluginContext(pctx(f.ds))
 
@@ -552,7 +555,7 @@ func TestStream(t *testing.T) {
 	}
 
 	// A reading now, stored before the stream starts.
-	first := reading{"dev-live", "temperature", time.Now().UTC(), 21.5}
+	first := reading{"dev-live", metric, time.Now().UTC(), 21.5}
 	f.p.publish(t, f.tokens, []reading{first})
 	f.waitWindow(t, ch, first.at.Truncate(10*time.Second))
 
@@ -563,7 +566,7 @@ func TestStream(t *testing.T) {
 	checkStreamFrame(t, recvFrame(t, rs), ch, []reading{first})
 
 	// A later reading in a later window: exactly that window comes next.
-	second := reading{"dev-live", "temperature", time.Now().UTC(), 23.25}
+	second := reading{"dev-live", metric, time.Now().UTC(), 23.25}
 	if !second.at.Truncate(10 * time.Second).After(first.at.Truncate(10 * time.Second)) {
 		t.Fatalf("second reading %s is in the first's window", second.at)
 	}
