@@ -1,6 +1,7 @@
 package simulator
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -21,7 +22,11 @@ type Device struct {
 // Config describes a simulation run. The zero value of each optional field is
 // documented beside it.
 type Config struct {
-	Broker  string // MQTT broker as host:port
+	Broker string // MQTT broker as host:port
+	// TLS, when set, connects over TLS (MQTT over TLS, e.g. the broker's
+	// :8883) with this client configuration (RootCAs for a private CA);
+	// nil connects over plain TCP.
+	TLS     *tls.Config
 	Devices []Device
 	// Rate is the whole fleet's target in messages per second, spread evenly
 	// over the devices; 0 publishes as fast as acknowledgements allow.

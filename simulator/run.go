@@ -123,8 +123,13 @@ func (r *runner) newDevices() []*device {
 				d.quota++
 			}
 		}
+		scheme := "tcp://"
+		if r.cfg.TLS != nil {
+			scheme = "ssl://"
+		}
 		opts := mqtt.NewClientOptions().
-			AddBroker("tcp://" + r.cfg.Broker).
+			AddBroker(scheme + r.cfg.Broker).
+			SetTLSConfig(r.cfg.TLS).
 			SetClientID(dc.ID).
 			SetUsername(dc.ID).
 			SetPassword(dc.Token).

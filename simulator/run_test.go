@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/subtle"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -20,6 +21,8 @@ import (
 	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/rs/zerolog"
+
+	"github.com/iotpipe/iotpipe/internal/testcert"
 )
 
 // tokenAuth accepts a client whose id is in tokens and whose password is its
@@ -92,6 +95,12 @@ func startBroker(t *testing.T, tokens map[string]string) (addr string, rec *reco
 // startServer also returns a stop function, safe to call again at cleanup.
 func startServer(t *testing.T, tokens map[string]string) (addr string, rec *recorder, stop func()) {
 	t.Helper()
+	return startServerTLS(t, tokens, nil)
+}
+
+// startServerTLS listens with MQTT over TLS when tlsCfg is not nil.
+func startServerTLS(t *testing.T, tokens map[string]string, tlsCfg *tls.Config) (addr string, rec *recorder, stop func()) {
+	t.Helper()
 	srv := mqtt.New(&mqtt.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	rec = &recorder{}
 	if err := srv.AddHook(&tokenAuth{tokens: tokens}, nil); err != nil {
@@ -100,7 +109,7 @@ func startServer(t *testing.T, tokens map[string]string) (addr string, rec *reco
 	if err := srv.AddHook(rec, nil); err != nil {
 		t.Fatal(err)
 	}
-	l := listeners.NewTCP(listeners.Config{ID: "t", Address: "127.0.0.1:0"})
+	l := listeners.NewTCP(listeners.Config{ID: "t", Address: "127.0.0.1:0", TLSConfig: tlsCfg})
 	if err := srv.AddListener(l); err != nil { // AddListener binds the socket
 		t.Fatal(err)
 	}
@@ -186,6 +195,35 @@ func TestRunDeliversFleet(t *testing.T) {
 				t.Fatalf("device %s message %d: ts %d not after the previous %d", d.ID, i, *p.TS, *got[i-1].TS)
 			}
 		}
+	}
+}
+
+// Over TLS the fleet connects when it trusts the broker's CA, and fails
+// naming the certificate problem when it does not.
+func TestRunOverTLS(t *testing.T) {
+	ca := testcert.NewCA(t, "broker CA")
+	server := testcert.Issue(t, ca, testcert.Options{CommonName: "broker", Server: true})
+	devs, tokens := fleet(3)
+	addr, rec, _ := startServerTLS(t, tokens, &tls.Config{Certificates: []tls.Certificate{server.TLS()}, MinVersion: tls.VersionTLS12})
+
+	rep, err := Run(t.Context(), Config{Broker: addr, TLS: &tls.Config{RootCAs: ca.Pool()}, Devices: devs,
+		Messages: 30, QoS: 1, Logger: quiet()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Sent != 30 || rep.Acked != 30 {
+		t.Fatalf("report %+v, want 30 sent and acked", rep)
+	}
+	rec.waitFor(t, 30)
+
+	other := testcert.NewCA(t, "another CA")
+	_, err = Run(t.Context(), Config{Broker: addr, TLS: &tls.Config{RootCAs: other.Pool()}, Devices: devs,
+		Messages: 3, QoS: 1, Logger: quiet()})
+	if err == nil || !strings.Contains(err.Error(), "certificate") {
+		t.Fatalf("err = %v, want a certificate error", err)
+	}
+	if _, err := Run(t.Context(), Config{Broker: addr, Devices: devs, Messages: 3, QoS: 1, Logger: quiet()}); err == nil {
+		t.Fatal("plain TCP to a TLS listener connected")
 	}
 }
 

@@ -401,6 +401,10 @@ func runSimulate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	fs := newFlagSet("simulate", stderr)
 	cf.add(fs)
 	fs.StringVar(&broker, "broker", "127.0.0.1:1883", "MQTT broker host:port")
+	var mqttTLS bool
+	var mqttCA string
+	fs.BoolVar(&mqttTLS, "mqtt-tls", false, "connect with MQTT over TLS (--broker names the TLS port, e.g. host:8883), trusting the system's CAs")
+	fs.StringVar(&mqttCA, "mqtt-ca", "", "PEM CA certificate(s) that signed the broker's TLS certificate; implies --mqtt-tls")
 	fs.IntVar(&n, "devices", 10, "number of simulated devices to create through the API")
 	fs.StringVar(&prefix, "prefix", "sim", "device id prefix; devices are <prefix>-001... and are re-created (new token) if they exist")
 	fs.StringVar(&existing, "device-tokens", "", "use existing devices instead: comma separated id=token pairs")
@@ -420,6 +424,17 @@ func runSimulate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	fs.StringVar(&topicPfx, "topic-prefix", "iot.", "backfill: prefix of the Kafka topic names")
 	if err := parse(fs, args); err != nil {
 		return err
+	}
+	var tlsCfg *tls.Config
+	if mqttTLS || mqttCA != "" {
+		tlsCfg = &tls.Config{MinVersion: tls.VersionTLS12}
+		if mqttCA != "" {
+			pool, err := api.CAPool(mqttCA)
+			if err != nil {
+				return fmt.Errorf("--mqtt-ca: %w", err)
+			}
+			tlsCfg.RootCAs = pool
+		}
 	}
 	var devs []simulator.Device
 	if existing != "" {
@@ -465,7 +480,7 @@ func runSimulate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		return backfillHistory(ctx, stdout, log, ids, backfill, backfillStep, seed, bus.ParseBrokers(kafkaBrokers), bus.TopicNames(topicPfx).Telemetry)
 	}
 	rep, err := simulator.Run(ctx, simulator.Config{
-		Broker: broker, Devices: devs, Rate: rate, Duration: duration, Messages: messages,
+		Broker: broker, TLS: tlsCfg, Devices: devs, Rate: rate, Duration: duration, Messages: messages,
 		QoS: byte(qos), MaxInflight: inflit, Seed: seed, Progress: stderr, ProgressEvery: 5 * time.Second, Logger: log,
 	})
 	fmt.Fprintln(stdout, rep.String())

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -127,6 +128,14 @@ func TestTLSEndToEnd(t *testing.T) {
 	}
 	if code, out := pub(certFile, keyFile, `{"temperature": 3}`); code == 0 || !strings.Contains(out, "bad user name or password") {
 		t.Fatalf("mosquitto_pub with the removed certificate: exit %d %q, want bad user name or password", code, out)
+	}
+
+	// The load generator over MQTT over TLS, trusting the server CA.
+	sim := append([]string{"simulate", "--broker", fmt.Sprintf("127.0.0.1:%d", tlsPort), "--mqtt-ca", f.serverCAFile,
+		"--devices", "2", "--messages", "10", "--rate", "0", "--duration", "30s"}, ca...)
+	out, err = p.cli(sim...)
+	if err != nil || !regexp.MustCompile(`(?m)^sent +10$`).MatchString(out) || !regexp.MustCompile(`(?m)^acked +10 `).MatchString(out) {
+		t.Fatalf("simulate over TLS: %v\n%s", err, out)
 	}
 	p.stop()
 }
