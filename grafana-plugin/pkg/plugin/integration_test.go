@@ -121,8 +121,6 @@ func (a agg) value(aggregate string) float64 {
 	return a.sum / float64(a.n)
 }
 
-// buckets is the brute-force series of device/metric at step (epoch-aligned
-// buckets, as iotpipe's), ordered by time.
 // inProcess is a datasource instance of the fixture in this process,
 // disposed when the test ends.
 func (f *fixture) inProcess(t *testing.T) *Datasource {
@@ -136,6 +134,8 @@ func (f *fixture) inProcess(t *testing.T) *Datasource {
 	return d
 }
 
+// buckets is the brute-force series of device/metric at step (epoch-aligned
+// buckets, as iotpipe's), ordered by time.
 func (f *fixture) buckets(device, metric string, step time.Duration) ([]time.Time, map[time.Time]agg) {
 	m := map[time.Time]agg{}
 	for _, r := range f.readings {
