@@ -105,6 +105,10 @@ type device struct {
 }
 
 func (r *runner) newDevices() []*device {
+	scheme := "tcp://"
+	if r.cfg.TLS != nil {
+		scheme = "ssl://"
+	}
 	n := len(r.cfg.Devices)
 	devs := make([]*device, n)
 	for i, dc := range r.cfg.Devices {
@@ -122,10 +126,6 @@ func (r *runner) newDevices() []*device {
 			if int64(i) < m%int64(n) {
 				d.quota++
 			}
-		}
-		scheme := "tcp://"
-		if r.cfg.TLS != nil {
-			scheme = "ssl://"
 		}
 		opts := mqtt.NewClientOptions().
 			AddBroker(scheme + r.cfg.Broker).
