@@ -398,18 +398,14 @@ func (e *Engine) dropSeries(s *series) {
 	}
 	e.nSeries--
 	*s = series{}
-	if len(e.freeSeries) < maxFree {
-		e.freeSeries = append(e.freeSeries, s)
-	}
+	release(&e.freeSeries, s)
 	if len(d.series) == 0 {
 		if e.lastDev == d {
 			e.lastDev = nil
 		}
 		delete(e.devices, d.name)
 		d.name = ""
-		if len(e.freeDevs) < maxFree {
-			e.freeDevs = append(e.freeDevs, d)
-		}
+		release(&e.freeDevs, d)
 	}
 }
 
@@ -560,6 +556,14 @@ func reuse[T any](free *[]*T) *T {
 		return x
 	}
 	return new(T)
+}
+
+// release puts x, cleared by the caller, on its free list unless the list
+// holds maxFree already.
+func release[T any](free *[]*T, x *T) {
+	if len(*free) < maxFree {
+		*free = append(*free, x)
+	}
 }
 
 func (e *Engine) recycle(w *win) {
